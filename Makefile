@@ -45,7 +45,7 @@ all: $(BUILD)/starlingd $(BUILD)/starlingctl $(UNIT_BIN) $(ITEST_BIN)
 deps:
 	@sh scripts/deps.sh
 
-$(BUILD)/%.o: %.c $(wildcard include/starling/*.h core/*.h server/*.h server/storage/*.h) VERSION
+$(BUILD)/%.o: %.c $(wildcard include/starling/*.h core/*.h server/*.h server/storage/*.h ctl/*.h) VERSION
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) $(CFLAGS) -c $< -o $@
 

@@ -54,6 +54,7 @@ typedef struct st_config {
     size_t nc2s_tls_ports;
     int require_encryption;  /* default 1: no stanzas/SASL before STARTTLS */
     int allow_plain;         /* SASL PLAIN over TLS; default 1 */
+    int sasl_cb_strict;      /* fail SCRAM "y" when we offer -PLUS (RFC 5802 §6); default 0 */
     size_t max_stanza_bytes; /* default 262144 */
     unsigned max_depth;      /* default 32 */
     unsigned max_attrs;      /* default 64 */

@@ -67,6 +67,10 @@ void st_scram_server_set_nonce(st_scram_server *ss, const char *nonce);
  * *err names the SASL failure condition ("malformed-request", "invalid-authzid"...). */
 int st_scram_server_start(st_scram_server *ss, const char *msg, size_t len,
                           const char **username, const char **err);
+/* The hash this exchange uses. */
+st_scram_hash st_scram_server_hash(const st_scram_server *ss);
+/* The decoded authcid from client-first (borrowed), NULL before start. */
+const char *st_scram_server_username(const st_scram_server *ss);
 /* The authzid the client asked for, or NULL (borrowed). */
 const char *st_scram_server_authzid(const st_scram_server *ss);
 /* Step 2. Appends server-first-message to out. cred NULL = unknown user. */

@@ -1,0 +1,505 @@
+/* server.c - starlingd's life cycle: hosts, listeners, signals, storage
+ * completions, reload and shutdown.
+ *
+ * Signals arrive through a signalfd on the loop, so SIGTERM/SIGHUP handling
+ * is ordinary loop code (no async-signal-safety puzzles). SIGTERM closes every
+ * stream with <system-shutdown/> and stops once they are flushed (or after a
+ * short deadline). SIGHUP reloads the config file and the certificates; a
+ * config with errors is reported and the running one kept. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <openssl/rand.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "server/admin.h"
+#include "server/c2s.h"
+#include "server/log.h"
+#include "server/server.h"
+#include "server/tls.h"
+#include "starling/alloc.h"
+
+#define SHUTDOWN_DEADLINE_MS 3000
+
+static char id_prefix[17];
+static int signal_fd = -1;
+static st_io signal_io;
+
+void st_server_make_id(st_server *s, char *out, size_t outsz)
+{
+    snprintf(out, outsz, "%s%llx", id_prefix, ++s->next_id);
+}
+
+/* ---- hosts ---- */
+
+static void host_free(st_host *h)
+{
+    for (size_t i = 0; i < h->nmods; i++)
+        if (h->mods[i]->host_fini) h->mods[i]->host_fini(h, h->mod_state[i]);
+    st_free(h->name);
+    st_free(h);
+}
+
+/* (Re)apply a host's config: module list and per-module state. */
+static int host_configure(st_host *h, const st_host_conf *hc)
+{
+    const st_module *mods[ST_MAX_HOST_MODULES];
+    void *state[ST_MAX_HOST_MODULES];
+    size_t n = 0;
+    for (size_t i = 0; i < hc->nmodules && n < ST_MAX_HOST_MODULES; i++) {
+        const st_module *m = st_module_find(hc->modules[i]);
+        if (!m) continue; /* the config loader already refused unknown modules */
+        void *st = NULL;
+        int found = 0;
+        for (size_t k = 0; k < h->nmods; k++) {
+            if (h->mods[k] == m) {
+                st = h->mod_state[k];
+                h->mods[k] = NULL; /* carried over */
+                found = 1;
+            }
+        }
+        if (!found && m->host_init && m->host_init(h, &st) != 0) {
+            st_error("server", "host %s: module %s failed to start", hc->name, m->name);
+            continue;
+        }
+        mods[n] = m;
+        state[n++] = st;
+    }
+    for (size_t k = 0; k < h->nmods; k++)
+        if (h->mods[k] && h->mods[k]->host_fini) h->mods[k]->host_fini(h, h->mod_state[k]);
+    memcpy(h->mods, mods, n * sizeof *mods);
+    memcpy(h->mod_state, state, n * sizeof *state);
+    h->nmods = n;
+    h->conf = hc;
+    return 0;
+}
+
+st_host *st_server_host(st_server *s, const char *domain)
+{
+    for (size_t i = 0; i < s->nhosts; i++)
+        if (!s->hosts[i]->removed && strcmp(s->hosts[i]->name, domain) == 0) return s->hosts[i];
+    return NULL;
+}
+
+static st_host *find_host_any(st_server *s, const char *domain)
+{
+    for (size_t i = 0; i < s->nhosts; i++)
+        if (strcmp(s->hosts[i]->name, domain) == 0) return s->hosts[i];
+    return NULL;
+}
+
+static int apply_hosts(st_server *s, const st_config *cfg)
+{
+    for (size_t i = 0; i < s->nhosts; i++) s->hosts[i]->removed = 1;
+    for (size_t i = 0; i < cfg->nhosts; i++) {
+        st_host *h = find_host_any(s, cfg->hosts[i].name);
+        if (!h) {
+            st_host **nh = st_realloc(s->hosts, (s->nhosts + 1) * sizeof *nh);
+            if (!nh) return -1;
+            s->hosts = nh;
+            h = st_calloc(1, sizeof *h);
+            if (!h || !(h->name = st_strdup(cfg->hosts[i].name))) {
+                st_free(h);
+                return -1;
+            }
+            h->srv = s;
+            s->hosts[s->nhosts++] = h;
+        }
+        h->removed = 0;
+        host_configure(h, &cfg->hosts[i]);
+    }
+    return 0;
+}
+
+int st_host_has(const st_host *h, const char *module)
+{
+    for (size_t i = 0; i < h->nmods; i++)
+        if (strcmp(h->mods[i]->name, module) == 0) return 1;
+    return 0;
+}
+
+void *st_host_mod_state(const st_host *h, const st_module *m)
+{
+    for (size_t i = 0; i < h->nmods; i++)
+        if (h->mods[i] == m) return h->mod_state[i];
+    return NULL;
+}
+
+static const char *opt_value(const st_host *h, const st_module *m, const char *opt)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", m->name, opt);
+    const st_conf_kv *kv = st_host_opt(h->conf, key);
+    if (kv) return kv->value;
+    const st_module_opt *o = st_module_opt_find(m, opt);
+    return o ? o->def : NULL;
+}
+
+long long st_host_opt_num(const st_host *h, const st_module *m, const char *opt)
+{
+    const st_module_opt *o = st_module_opt_find(m, opt);
+    const char *v = opt_value(h, m, opt);
+    long long n = 0;
+    if (!v || !o) return 0;
+    if (o->type == ST_OPT_DURATION) st_parse_duration(v, &n);
+    else st_parse_size(v, &n);
+    return n;
+}
+
+int st_host_opt_bool(const st_host *h, const st_module *m, const char *opt)
+{
+    int b = 0;
+    const char *v = opt_value(h, m, opt);
+    if (v) st_parse_bool(v, &b);
+    return b;
+}
+
+const char *st_host_opt_str(const st_host *h, const st_module *m, const char *opt)
+{
+    return opt_value(h, m, opt);
+}
+
+/* ---- listeners ---- */
+
+typedef struct listener {
+    st_io io;
+    int direct_tls;
+    st_server *srv;
+} listener;
+
+static void on_accept(st_loop *l, st_io *io, unsigned ev)
+{
+    listener *ln = io->ud;
+    st_server *s = ln->srv;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(io->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNABORTED)
+                st_warn("server", "accept: %s", strerror(errno));
+            return;
+        }
+        char host[INET6_ADDRSTRLEN] = "?", peer[80];
+        int port = 0;
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+            port = ntohs(a->sin_port);
+            snprintf(peer, sizeof peer, "%s:%d", host, port);
+        } else {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+            port = ntohs(a->sin6_port);
+            snprintf(peer, sizeof peer, "[%s]:%d", host, port);
+        }
+        if (s->stopping || (int)s->nconns >= s->cfg->max_connections) {
+            if (!ln->direct_tls) {
+                static const char msg[] =
+                    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                    "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+                    "<stream:error><resource-constraint "
+                    "xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+                    "</stream:stream>";
+                ssize_t w = send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL);
+                (void)w;
+            }
+            st_warn("server", "client %s: refused, %zu connections (max_connections)", peer,
+                    s->nconns);
+            close(fd);
+            continue;
+        }
+        st_conn_accept(s, fd, peer, ln->direct_tls);
+    }
+}
+
+static int listen_one(st_server *s, const char *addr, int port, int direct_tls, char *err,
+                      size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof ss);
+    int fam;
+    if (strchr(addr, ':')) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        a->sin6_family = fam = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, addr, &a->sin6_addr) != 1) goto bad;
+        sl = sizeof *a;
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        a->sin_family = fam = AF_INET;
+        a->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, addr, &a->sin_addr) != 1) goto bad;
+        sl = sizeof *a;
+    }
+    int fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) goto sys;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fam == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 1024) != 0) {
+        int e = errno;
+        close(fd);
+        if (fam == AF_INET6 && (e == EADDRNOTAVAIL || e == EAFNOSUPPORT)) {
+            st_warn("server", "IPv6 address %s not available, not listening on it", addr);
+            return 1;
+        }
+        snprintf(err, errlen, "cannot listen on %s port %d: %s%s", addr, port, strerror(e),
+                 e == EADDRINUSE ? " (another server running? see `starlingctl check`)" : "");
+        return -1;
+    }
+    listener *ln = st_calloc(1, sizeof *ln);
+    size_t n = s->nlisten + 1;
+    int *fds = st_realloc(s->listen_fds, n * sizeof *fds);
+    if (fds) s->listen_fds = fds;
+    st_io **ios = (st_io **)s->listen_io;
+    ios = st_realloc(ios, n * sizeof *ios);
+    if (!ln || !fds || !ios) {
+        st_free(ln);
+        close(fd);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    s->listen_io = (st_io *)ios;
+    ln->srv = s;
+    ln->direct_tls = direct_tls;
+    if (st_io_add(s->loop, &ln->io, fd, ST_EV_READ, on_accept, ln) != 0) {
+        st_free(ln);
+        close(fd);
+        goto sys;
+    }
+    fds[s->nlisten] = fd;
+    ios[s->nlisten] = &ln->io;
+    s->nlisten = n;
+    st_info("server", "listening on %s%s%s:%d (%s)", fam == AF_INET6 ? "[" : "", addr,
+            fam == AF_INET6 ? "]" : "", port, direct_tls ? "direct TLS" : "STARTTLS");
+    return 0;
+bad:
+    snprintf(err, errlen, "bind address '%s' is not an IP address", addr);
+    return -1;
+sys:
+    snprintf(err, errlen, "cannot listen on %s port %d: %s", addr, port, strerror(errno));
+    return -1;
+}
+
+int st_server_listen(st_server *s, char *err, size_t errlen)
+{
+    const st_config *c = s->cfg;
+    int ok = 0;
+    for (size_t b = 0; b < c->nbind; b++) {
+        for (size_t i = 0; i < c->nc2s_ports; i++) {
+            int r = listen_one(s, c->bind[b], c->c2s_ports[i], 0, err, errlen);
+            if (r < 0) return -1;
+            ok += r == 0;
+        }
+        for (size_t i = 0; i < c->nc2s_tls_ports; i++) {
+            int r = listen_one(s, c->bind[b], c->c2s_tls_ports[i], 1, err, errlen);
+            if (r < 0) return -1;
+            ok += r == 0;
+        }
+    }
+    if (!ok) {
+        snprintf(err, errlen, "no listening socket could be opened");
+        return -1;
+    }
+    if (st_admin_open(s, err, errlen) != 0) return -1;
+    return 0;
+}
+
+/* ---- signals, storage, shutdown ---- */
+
+static void on_stop_timer(st_loop *l, st_timer *t)
+{
+    st_server *s = t->ud;
+    static uint64_t deadline;
+    if (!deadline) deadline = st_now_ms() + SHUTDOWN_DEADLINE_MS;
+    if (s->nconns == 0 || st_now_ms() >= deadline) {
+        st_loop_stop(l);
+        return;
+    }
+    st_timer_set(l, t, 20);
+}
+
+void st_server_shutdown(st_server *s)
+{
+    if (s->stopping) return;
+    s->stopping = 1;
+    st_info("server", "shutting down: closing %zu streams", s->nconns);
+    for (st_conn *c = s->conns, *next; c; c = next) {
+        next = st_conn_next(c);
+        st_conn_close(c, "system-shutdown", NULL);
+    }
+    st_timer_init(&s->stop_timer, on_stop_timer, s);
+    st_timer_set(s->loop, &s->stop_timer, 0);
+}
+
+int st_server_reload(st_server *s)
+{
+    st_buf errs;
+    st_buf_init(&errs, 1 << 16);
+    st_info("server", "reloading %s", s->cfg->path);
+    st_config *n = st_config_load(s->cfg->path, &errs);
+    if (!n) {
+        st_error("server", "reload failed, keeping the running configuration:\n%s",
+                 errs.data ? errs.data : "");
+        st_buf_free(&errs);
+        return -1;
+    }
+    st_buf_free(&errs);
+    char err[256];
+    if (s->tls && st_tls_ctx_reload(s->tls, n->certificate, n->private_key, err, sizeof err) != 0)
+        st_error("server", "certificate reload failed, keeping the old one: %s", err);
+    /* Listeners, storage and the admin socket stay as they are: changing
+     * them needs a restart (said in docs/config.md). */
+    apply_hosts(s, n);
+    st_log_level lvl;
+    if (st_log_level_parse(n->log_level, &lvl) == 0) st_log_set_level(lvl);
+    st_config *old = s->cfg;
+    s->cfg = n;
+    st_config_free(old);
+    st_info("server", "reloaded: %zu hosts", n->nhosts);
+    return 0;
+}
+
+static void on_signal(st_loop *l, st_io *io, unsigned ev)
+{
+    st_server *s = io->ud;
+    struct signalfd_siginfo si;
+    while (read(io->fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGHUP) st_server_reload(s);
+        else st_server_shutdown(s);
+    }
+}
+
+static void on_storage(st_loop *l, st_io *io, unsigned ev)
+{
+    st_storage_dispatch(((st_server *)io->ud)->store);
+}
+
+static int ensure_dir(const char *path, char *err, size_t errlen)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) return 0;
+        snprintf(err, errlen, "data_dir %s is not a directory", path);
+        return -1;
+    }
+    if (mkdir(path, 0700) != 0) {
+        snprintf(err, errlen, "cannot create data_dir %s: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+st_server *st_server_new(st_config *cfg, char *err, size_t errlen)
+{
+    st_server *s = st_calloc(1, sizeof *s);
+    if (!s) {
+        st_config_free(cfg);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->cfg = cfg;
+    s->admin_fd = -1;
+    s->started = time(NULL);
+    st_map_init(&s->sessions);
+    st_map_init(&s->users);
+    unsigned char r[4];
+    RAND_bytes(r, sizeof r);
+    snprintf(id_prefix, sizeof id_prefix, "%02x%02x%02x%02x-", r[0], r[1], r[2], r[3]);
+
+    if (ensure_dir(cfg->data_dir, err, errlen) != 0) goto fail;
+    s->loop = st_loop_new();
+    if (!s->loop) {
+        snprintf(err, errlen, "cannot create the event loop");
+        goto fail;
+    }
+    const char **names = st_calloc(cfg->nhosts + 1, sizeof *names);
+    if (!names) goto oom;
+    for (size_t i = 0; i < cfg->nhosts; i++) names[i] = cfg->hosts[i].name;
+    if (!cfg->nhosts) names[0] = "localhost";
+    int tr = st_tls_ensure_cert(cfg->certificate, cfg->private_key, names,
+                                cfg->nhosts ? cfg->nhosts : 1, err, errlen);
+    st_free(names);
+    if (tr != 0) goto fail;
+    s->tls = st_tls_ctx_new(cfg->certificate, cfg->private_key, err, errlen);
+    if (!s->tls) goto fail;
+
+    const st_store_ops *ops = st_store_find(cfg->store);
+    if (!ops) {
+        snprintf(err, errlen, "unknown store '%s'", cfg->store);
+        goto fail;
+    }
+    s->store = st_storage_start(ops, cfg->store_dsn, err, errlen);
+    if (!s->store) goto fail;
+    if (st_io_add(s->loop, &s->store_io, st_storage_fd(s->store), ST_EV_READ, on_storage, s) != 0)
+        goto oom;
+
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (signal_fd < 0 || st_io_add(s->loop, &signal_io, signal_fd, ST_EV_READ, on_signal, s) != 0) {
+        snprintf(err, errlen, "cannot set up signal handling: %s", strerror(errno));
+        goto fail;
+    }
+    if (apply_hosts(s, cfg) != 0) goto oom;
+    return s;
+oom:
+    snprintf(err, errlen, "out of memory");
+fail:
+    st_server_free(s);
+    return NULL;
+}
+
+int st_server_run(st_server *s)
+{
+    return st_loop_run(s->loop);
+}
+
+void st_server_free(st_server *s)
+{
+    if (!s) return;
+    while (s->conns) st_conn_close_now(s->conns);
+    st_admin_close(s);
+    for (size_t i = 0; i < s->nlisten; i++) {
+        st_io *io = ((st_io **)s->listen_io)[i];
+        st_io_del(s->loop, io);
+        close(s->listen_fds[i]);
+        st_free(io);
+    }
+    st_free(s->listen_fds);
+    st_free(s->listen_io);
+    if (s->store) {
+        st_io_del(s->loop, &s->store_io);
+        /* runs the completions still queued: they hold connection references */
+        st_storage_stop(s->store);
+    }
+    if (s->loop) st_loop_run_deferred(s->loop);
+    if (signal_fd >= 0) {
+        st_io_del(s->loop, &signal_io);
+        close(signal_fd);
+        signal_fd = -1;
+    }
+    for (size_t i = 0; i < s->nhosts; i++) host_free(s->hosts[i]);
+    st_free(s->hosts);
+    st_map_free(&s->sessions);
+    st_map_free(&s->users);
+    if (s->tls) st_tls_ctx_free(s->tls);
+    st_loop_free(s->loop);
+    st_config_free(s->cfg);
+    st_free(s);
+}

@@ -1,0 +1,277 @@
+/* store.c - the back-end registry, credential derivation, and the
+ * asynchronous front that keeps storage off the event loop.
+ *
+ * Design note (the thread model)
+ *
+ * One storage thread owns the back-end handle: it opens it, runs every job
+ * and closes it, so SQLite is only ever touched from that thread. The loop
+ * thread talks to it through two FIFO queues under one mutex:
+ *
+ *   loop:    st_storage_submit()  -> jobs queue  -> condvar wakes the thread
+ *   storage: work(h, arg)         -> done queue  -> eventfd becomes readable
+ *   loop:    st_storage_dispatch() drains the eventfd, runs done(arg)
+ *
+ * With one thread, completions come back in submission order. The storage
+ * thread allocates nothing and never calls back into the loop; a job moves
+ * between the queues as one node, allocated by submit and freed by dispatch,
+ * both on the loop thread. st_storage_stop() lets the thread finish every
+ * queued job, joins it, then runs the outstanding done callbacks so every
+ * arg gets freed by its owner. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "starling/alloc.h"
+#include "server/storage/storage.h"
+
+/* ---- back-end registry ---- */
+
+static const st_store_ops *const backends[] = {
+    &st_store_sqlite,
+};
+
+const st_store_ops *st_store_find(const char *name)
+{
+    if (!name) return NULL;
+    for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++)
+        if (strcmp(backends[i]->name, name) == 0) return backends[i];
+    return NULL;
+}
+
+/* ---- credentials ---- */
+
+int st_user_creds_make(st_user_creds *out, const char *password)
+{
+    memset(out, 0, sizeof *out);
+    if (!password || !*password) return -1;
+    if (st_scram_cred_make(&out->sha1, ST_SCRAM_SHA1, password, NULL, 0, 0) < 0 ||
+        st_scram_cred_make(&out->sha256, ST_SCRAM_SHA256, password, NULL, 0, 0) < 0) {
+        memset(out, 0, sizeof *out);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- asynchronous front ---- */
+
+typedef struct st_job {
+    void (*work)(void *h, void *arg);
+    void (*done)(void *arg);
+    void *arg;
+    struct st_job *next;
+} st_job;
+
+typedef struct st_jobq {
+    st_job *head, *tail;
+} st_jobq;
+
+struct st_storage {
+    const st_store_ops *ops;
+    char *dsn;
+    void *h; /* back-end handle: storage thread only */
+    pthread_t thread;
+    int efd;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* jobs queued, stop requested, or open finished */
+    st_jobq jobs;      /* waiting to run */
+    st_jobq done;      /* ran, waiting for dispatch */
+    int stopping;      /* no new jobs; thread exits when jobs is empty */
+    int opened;        /* 0 opening, 1 open, -1 open failed */
+    char open_err[256];
+};
+
+static void jobq_push(st_jobq *q, st_job *j)
+{
+    j->next = NULL;
+    if (q->tail)
+        q->tail->next = j;
+    else
+        q->head = j;
+    q->tail = j;
+}
+
+static st_job *jobq_pop(st_jobq *q)
+{
+    st_job *j = q->head;
+    if (j) {
+        q->head = j->next;
+        if (!q->head) q->tail = NULL;
+        j->next = NULL;
+    }
+    return j;
+}
+
+static void *storage_main(void *p)
+{
+    st_storage *s = p;
+    char err[sizeof s->open_err];
+    void *h = NULL;
+    uint64_t one = 1;
+
+    err[0] = 0;
+    int rc = s->ops->open(&h, s->dsn, err, sizeof err);
+    pthread_mutex_lock(&s->mu);
+    s->h = h;
+    s->opened = rc == 0 ? 1 : -1;
+    if (rc != 0)
+        snprintf(s->open_err, sizeof s->open_err, "%s", err[0] ? err : "cannot open the store");
+    pthread_cond_broadcast(&s->cv);
+    if (rc != 0) {
+        pthread_mutex_unlock(&s->mu);
+        return NULL;
+    }
+    for (;;) {
+        while (!s->jobs.head && !s->stopping)
+            pthread_cond_wait(&s->cv, &s->mu);
+        st_job *j = jobq_pop(&s->jobs);
+        if (!j) break; /* stopping and nothing left */
+        pthread_mutex_unlock(&s->mu);
+        j->work(h, j->arg);
+        pthread_mutex_lock(&s->mu);
+        jobq_push(&s->done, j);
+        /* Only fails with EAGAIN when the counter would overflow, and then
+         * the fd is readable anyway: the job goes out with that dispatch. */
+        if (write(s->efd, &one, sizeof one) < 0) {
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    s->ops->close(h);
+    return NULL;
+}
+
+st_storage *st_storage_start(const st_store_ops *ops, const char *dsn, char *err, size_t errlen)
+{
+    st_storage *s = NULL;
+    int mu_init = 0, cv_init = 0;
+
+    if (!ops) {
+        snprintf(err, errlen, "no storage back end");
+        return NULL;
+    }
+    s = st_calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->efd = -1;
+    if (!(s->dsn = st_strdup(dsn ? dsn : ""))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    s->ops = ops;
+    s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (s->efd < 0) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    if (pthread_mutex_init(&s->mu, NULL) != 0) {
+        snprintf(err, errlen, "cannot create the storage mutex");
+        goto fail;
+    }
+    mu_init = 1;
+    if (pthread_cond_init(&s->cv, NULL) != 0) {
+        snprintf(err, errlen, "cannot create the storage condition variable");
+        goto fail;
+    }
+    cv_init = 1;
+    int rc = pthread_create(&s->thread, NULL, storage_main, s);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the storage thread: %s", strerror(rc));
+        goto fail;
+    }
+    /* Wait for open so the caller learns now whether the store works. */
+    pthread_mutex_lock(&s->mu);
+    while (s->opened == 0)
+        pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    if (s->opened < 0) {
+        pthread_join(s->thread, NULL);
+        snprintf(err, errlen, "%s", s->open_err);
+        goto fail;
+    }
+    return s;
+fail:
+    if (s) {
+        if (cv_init) pthread_cond_destroy(&s->cv);
+        if (mu_init) pthread_mutex_destroy(&s->mu);
+        if (s->efd >= 0) close(s->efd);
+        st_free(s->dsn);
+        st_free(s);
+    }
+    return NULL;
+}
+
+void st_storage_stop(st_storage *s)
+{
+    if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    /* The thread ran every queued job; hand their args back to their owners. */
+    st_storage_dispatch(s);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    close(s->efd);
+    st_free(s->dsn);
+    st_free(s);
+}
+
+int st_storage_fd(const st_storage *s)
+{
+    return s->efd;
+}
+
+const st_store_ops *st_storage_ops(const st_storage *s)
+{
+    return s->ops;
+}
+
+void st_storage_dispatch(st_storage *s)
+{
+    uint64_t n;
+    st_jobq ready;
+
+    /* The storage thread queues and signals under the mutex, so draining the
+     * counter and taking the queue under it too keeps them in step: no
+     * completion is missed and the fd is never left readable for nothing. */
+    pthread_mutex_lock(&s->mu);
+    if (read(s->efd, &n, sizeof n) < 0) {
+        /* EAGAIN: nothing signalled (stop() dispatches without a signal). */
+    }
+    ready = s->done;
+    s->done.head = s->done.tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    /* Outside the lock: done() may submit more work. */
+    for (st_job *j; (j = jobq_pop(&ready));) {
+        j->done(j->arg);
+        st_free(j);
+    }
+}
+
+int st_storage_submit(st_storage *s, void (*work)(void *h, void *arg), void (*done)(void *arg),
+                      void *arg)
+{
+    if (!s || !work || !done) return -1;
+    st_job *j = st_malloc(sizeof *j);
+    if (!j) return -1;
+    j->work = work;
+    j->done = done;
+    j->arg = arg;
+    pthread_mutex_lock(&s->mu);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->mu);
+        st_free(j);
+        return -1;
+    }
+    jobq_push(&s->jobs, j);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
