@@ -117,24 +117,27 @@ done:
     return rc;
 }
 
-/* Stored strings (RFC 3454 §7): unassigned code points are refused, as
- * Prosody does, so a later Unicode version cannot change a stored JID. */
+/* libidn's tables are Unicode 3.2, so refusing unassigned code points
+ * (RFC 3454 §7 "stored strings") would refuse every emoji resource that
+ * clients send today. COMPAT: Prosody's default (non-strict) prep allows
+ * them, and so do we. */
+#define JID_PREP_FLAGS ((Stringprep_profile_flags)0)
 int st_nodeprep(const char *in, char *out, size_t outsz)
 {
-    return prep_part(stringprep_xmpp_nodeprep, STRINGPREP_NO_UNASSIGNED, in, strlen(in),
+    return prep_part(stringprep_xmpp_nodeprep, JID_PREP_FLAGS, in, strlen(in),
                      out, outsz, ST_JID_PART_MAX, 0);
 }
 
 int st_resourceprep(const char *in, char *out, size_t outsz)
 {
-    return prep_part(stringprep_xmpp_resourceprep, STRINGPREP_NO_UNASSIGNED, in,
+    return prep_part(stringprep_xmpp_resourceprep, JID_PREP_FLAGS, in,
                      strlen(in), out, outsz, ST_JID_PART_MAX, 0);
 }
 
 /* Nameprep alone, without the domain syntax checks of prep_domain(). */
 int st_nameprep(const char *in, char *out, size_t outsz)
 {
-    return prep_part(stringprep_nameprep, STRINGPREP_NO_UNASSIGNED, in, strlen(in), out,
+    return prep_part(stringprep_nameprep, JID_PREP_FLAGS, in, strlen(in), out,
                      outsz, ST_JID_PART_MAX, 0);
 }
 
@@ -210,7 +213,7 @@ static int prep_domain(const char *in, size_t n, char *out, size_t outsz)
     if (m == 0)
         goto done;
 
-    int len = prep_part(stringprep_nameprep, STRINGPREP_NO_UNASSIGNED, mapped, m, out,
+    int len = prep_part(stringprep_nameprep, JID_PREP_FLAGS, mapped, m, out,
                         outsz, ST_JID_PART_MAX, 0);
     if (len < 0)
         goto done;
@@ -243,7 +246,7 @@ static int jid_build(st_jid *out, const char *node, size_t node_len, const char 
     memset(out, 0, sizeof *out);
 
     if (node) {
-        nl = prep_part(stringprep_xmpp_nodeprep, STRINGPREP_NO_UNASSIGNED, node, node_len,
+        nl = prep_part(stringprep_xmpp_nodeprep, JID_PREP_FLAGS, node, node_len,
                        parts[0], sizeof parts[0], ST_JID_PART_MAX, 0);
         if (nl < 0)
             return -1;
@@ -252,7 +255,7 @@ static int jid_build(st_jid *out, const char *node, size_t node_len, const char 
     if (dl < 0)
         return -1;
     if (res) {
-        rl = prep_part(stringprep_xmpp_resourceprep, STRINGPREP_NO_UNASSIGNED, res, res_len,
+        rl = prep_part(stringprep_xmpp_resourceprep, JID_PREP_FLAGS, res, res_len,
                        parts[2], sizeof parts[2], ST_JID_PART_MAX, 0);
         if (rl < 0)
             return -1;

@@ -12,7 +12,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -173,6 +175,12 @@ static int store_open(const st_config *cfg, store *s)
     s->ops = st_store_find(cfg->store);
     if (!s->ops) {
         ctl_err("store '%s' is not supported by this build of starlingctl", cfg->store);
+        return -1;
+    }
+    /* Before the first start of the daemon the data directory may not exist
+     * yet; create it the way starlingd would (0700). */
+    if (cfg->data_dir && mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
+        ctl_err("cannot create the data directory %s: %s", cfg->data_dir, strerror(errno));
         return -1;
     }
     if (s->ops->open(&s->h, cfg->store_dsn, err, sizeof err) != 0) {

@@ -38,6 +38,8 @@ static const jid_case cases[] = {
     /* COMPAT: PRECIS keeps final sigma distinct; Nodeprep (B.2) folds it. */
     {"\xcf\x82@example.com/foo", "\xcf\x83", "example.com", "foo"},
     {"king@example.com/\xe2\x99\x9a", "king", "example.com", "\xe2\x99\x9a"},
+    /* U+1F4F1 is unassigned in Unicode 3.2 but common in resources today */
+    {"u@example.com/phone \xf0\x9f\x93\xb1", "u", "example.com", "phone \xf0\x9f\x93\xb1"},
     {"example.com", NULL, "example.com", NULL},
     {"example.com/foobar", NULL, "example.com", "foobar"},
     {"a.example.com/b@example.net", NULL, "a.example.com", "b@example.net"},
