@@ -69,7 +69,19 @@ struct st_xmlstream {
     char error_text[160];
 
     st_stanza *result;  /* element mode: the parsed element */
+
+    /* Bytes held back from expat until they may complete an event (see
+     * st_xmlstream_feed), and the tiny lexer that decides. */
+    st_buf hold;
+    int lx_state;
+    char lx_prev1, lx_prev2;
 };
+
+/* Lexer states: just enough XML to know where a token can end. */
+enum { LX_TEXT, LX_LT, LX_TAG, LX_SQ, LX_DQ, LX_PI, LX_BANG, LX_COMMENT, LX_CDATA, LX_RAW };
+
+/* Expat holds back no more than this between events while we batch. */
+#define HOLD_MAX 4096
 
 static int halted(const st_xmlstream *x)
 {
@@ -484,6 +496,7 @@ st_xmlstream *st_xmlstream_new(const st_xml_limits *limits, const st_xml_handler
     x->top_level = 1;
     /* Pending text can never be larger than the stanza that holds it. */
     st_buf_init(&x->text, x->lim.max_stanza_bytes);
+    st_buf_init(&x->hold, HOLD_MAX);
     if (parser_create(x) < 0) {
         st_free(x);
         return NULL;
@@ -500,6 +513,7 @@ void st_xmlstream_free(st_xmlstream *x)
     st_stanza_unref(x->cur);
     st_stanza_unref(x->result);
     st_buf_free(&x->text);
+    st_buf_free(&x->hold);
     st_free(x->default_ns);
     st_free(x);
 }
@@ -586,6 +600,87 @@ static int feed(st_xmlstream *x, const char *data, size_t len, int final)
     return 0;
 }
 
+/* Scan data; return 1 if some byte of it may end a token (so expat could
+ * deliver an event), or if the lexer has given up (LX_RAW). Exact for
+ * well-formed XML; on malformed input it may only hold bytes a little longer,
+ * which delays an error, never a stanza. */
+static int lex_may_complete(st_xmlstream *x, const char *data, size_t len)
+{
+    int hit = x->lx_state == LX_RAW;
+    for (size_t i = 0; i < len; i++) {
+        char c = data[i];
+        switch (x->lx_state) {
+        case LX_TEXT:
+            if (c == '<')
+                x->lx_state = LX_LT;
+            else if (x->depth <= x->top_level && c != ' ' && c != '\t' && c != '\r' &&
+                     c != '\n')
+                hit = 1; /* text outside any stanza is an error: report it now */
+            break;
+        case LX_LT:
+            if (c == '?') {
+                x->lx_state = LX_PI;
+                break;
+            }
+            if (c == '!') {
+                x->lx_state = LX_BANG;
+                break;
+            }
+            x->lx_state = LX_TAG;
+            /* c is the first byte of the tag: */
+            /* fall through */
+        case LX_TAG:
+            if (c == '\'')
+                x->lx_state = LX_SQ;
+            else if (c == '"')
+                x->lx_state = LX_DQ;
+            else if (c == '>') {
+                x->lx_state = LX_TEXT;
+                hit = 1;
+            }
+            break;
+        case LX_SQ:
+            if (c == '\'')
+                x->lx_state = LX_TAG;
+            break;
+        case LX_DQ:
+            if (c == '"')
+                x->lx_state = LX_TAG;
+            break;
+        case LX_PI:
+            if (c == '>' && x->lx_prev1 == '?') {
+                x->lx_state = LX_TEXT;
+                hit = 1;
+            }
+            break;
+        case LX_BANG:
+            /* "<![CDATA[" or "<!--"; anything else (DOCTYPE) is refused by
+             * expat as soon as it sees it, so stop batching. */
+            x->lx_state = c == '[' ? LX_CDATA : c == '-' ? LX_COMMENT : LX_RAW;
+            hit |= x->lx_state == LX_RAW;
+            break;
+        case LX_COMMENT:
+            if (c == '>' && x->lx_prev1 == '-' && x->lx_prev2 == '-') {
+                x->lx_state = LX_TEXT;
+                hit = 1;
+            }
+            break;
+        case LX_CDATA:
+            if (c == '>' && x->lx_prev1 == ']' && x->lx_prev2 == ']') {
+                x->lx_state = LX_TEXT;
+                hit = 1;
+            }
+            break;
+        default:
+            hit = 1;
+            break;
+        }
+        x->lx_prev2 = x->lx_prev1;
+        x->lx_prev1 = c;
+    }
+    return hit;
+}
+
 int st_xmlstream_feed(st_xmlstream *x, const char *data, size_t len)
 {
     if (!x)
@@ -595,6 +690,39 @@ int st_xmlstream_feed(st_xmlstream *x, const char *data, size_t len)
         fail(x, "internal-server-error", "feed called from a handler");
         return -1;
     }
+    if (x->failed)
+        return -1;
+    if (x->stopped)
+        return 0;
+    /* Batching. Expat re-scans an unfinished token from its start on every
+     * XML_Parse call, so a long tag trickled in one byte per feed would cost
+     * time quadratic in its length. No handler can run until a token ends,
+     * so bytes that cannot end one are held back (up to HOLD_MAX) and given
+     * to expat together. Handlers still run on exactly the feed that
+     * completes their element. */
+    if (!lex_may_complete(x, data, len) && len < HOLD_MAX - x->hold.len) {
+        if (st_buf_append(&x->hold, data, len) < 0) {
+            oom(x);
+            return -1;
+        }
+        uint64_t base;
+        uint64_t limit = current_limit(x, &base);
+        if (x->fed + x->hold.len - base > limit) {
+            if (!x->header_done)
+                fail(x, "policy-violation", "stream header exceeds %zu bytes",
+                     x->lim.max_header_bytes);
+            else
+                fail(x, "policy-violation", "stanza exceeds %zu bytes", x->lim.max_stanza_bytes);
+            return -1;
+        }
+        return 0;
+    }
+    if (x->hold.len) {
+        int rc = feed(x, x->hold.data, x->hold.len, 0);
+        st_buf_reset(&x->hold);
+        if (rc < 0 || x->stopped)
+            return rc;
+    }
     return feed(x, data, len, 0);
 }
 
@@ -603,6 +731,9 @@ void st_xmlstream_restart(st_xmlstream *x)
     if (!x || x->failed || x->stopped)
         return;
     if (!x->in_handler) {
+        /* Held bytes belong to the old document. */
+        st_buf_reset(&x->hold);
+        x->lx_state = LX_TEXT;
         stream_reset(x);
         return;
     }

@@ -1153,8 +1153,12 @@ static void handle_element(st_conn *c, st_stanza *st)
     }
     st_node *p;
     if (!c->authenticated) {
+        const char *to = st_get(st, "to");
+        char dom[1024];
+        /* XEP-0077 before login: no 'to', or our own domain */
+        int to_us = !to || (st_nameprep(to, dom, sizeof dom) > 0 && strcmp(dom, c->host->name) == 0);
         if (strcmp(name, "iq") == 0 && st_first_elem(r) &&
-            strcmp(st_first_elem(r)->ns, "jabber:iq:register") == 0 && !st_get(st, "to")) {
+            strcmp(st_first_elem(r)->ns, "jabber:iq:register") == 0 && to_us) {
             st_router_preauth_iq(c, c->host, st);
             return;
         }

@@ -217,9 +217,11 @@ void st_router_from_client(st_session *sess, st_stanza *st)
     if (from) {
         /* RFC 6120 §8.1.2.1: the client may state its address, but it must be ours */
         st_jid fj;
-        int ok = st_jid_parse(&fj, from, strlen(from)) == 0 &&
-                 st_jid_equal(&fj, &sess->jid, fj.resource != NULL);
-        if (ok) st_jid_free(&fj);
+        int ok = 0;
+        if (st_jid_parse(&fj, from, strlen(from)) == 0) {
+            ok = st_jid_equal(&fj, &sess->jid, fj.resource != NULL);
+            st_jid_free(&fj);
+        }
         if (!ok) {
             if (sess->conn) st_conn_close(sess->conn, "invalid-from", NULL);
             return;

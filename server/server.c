@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -417,6 +418,17 @@ st_server *st_server_new(st_config *cfg, char *err, size_t errlen)
     RAND_bytes(r, sizeof r);
     snprintf(id_prefix, sizeof id_prefix, "%02x%02x%02x%02x-", r[0], r[1], r[2], r[3]);
 
+    /* Block the signals before any thread starts (the storage thread would
+     * inherit an open mask and take SIGTERM's default action); they are
+     * read from a signalfd on the loop instead. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
     if (ensure_dir(cfg->data_dir, err, errlen) != 0) goto fail;
     s->loop = st_loop_new();
     if (!s->loop) {
@@ -444,13 +456,6 @@ st_server *st_server_new(st_config *cfg, char *err, size_t errlen)
     if (st_io_add(s->loop, &s->store_io, st_storage_fd(s->store), ST_EV_READ, on_storage, s) != 0)
         goto oom;
 
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGHUP);
-    sigprocmask(SIG_BLOCK, &mask, NULL);
-    signal(SIGPIPE, SIG_IGN);
     signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (signal_fd < 0 || st_io_add(s->loop, &signal_io, signal_fd, ST_EV_READ, on_signal, s) != 0) {
         snprintf(err, errlen, "cannot set up signal handling: %s", strerror(errno));

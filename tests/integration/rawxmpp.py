@@ -293,10 +293,11 @@ class RawClient:
         self.send(self.header(**kw))
         return self.expect(STREAMS + "features")
 
-    def starttls(self):
-        """From a fresh connection: stream, STARTTLS, TLS handshake, new stream.
-        Returns the features offered over TLS."""
-        features = self.open_stream()
+    def starttls(self, features=None):
+        """From a fresh connection (or after open_stream(), given its
+        features): STARTTLS, TLS handshake, new stream. Returns the features
+        offered over TLS."""
+        features = features if features is not None else self.open_stream()
         assert features.find(TLS + "starttls") is not None, "no STARTTLS offered\n" + self.dump()
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         self.expect(TLS + "proceed")

@@ -28,26 +28,13 @@ class Client(slixmpp.ClientXMPP):
         super().__init__(jid, password, sasl_mech=mech)
         self.ssl_context.check_hostname = False
         self.ssl_context.verify_mode = ssl.CERT_NONE
-        # COMPAT: slixmpp 1.8.3 sends the gs2 flag "y" ("I could bind, you
-        # can't") for a non-PLUS SCRAM whenever it has TLS, although the
-        # server offers -PLUS; RFC 5802 6 requires the server to reject that
-        # as a downgrade. Its -PLUS only knows tls-unique, which TLS 1.3 does
-        # not define. So: no channel binding from slixmpp; rawxmpp tests -PLUS.
-        mechs = self.plugin["feature_mechanisms"]
-        default_creds = mechs.sasl_callback
-
-        def creds(required, optional):
-            result = default_creds(required, optional)
-            if "channel_binding" in result:
-                result["channel_binding"] = None
-            return result
-        mechs.sasl_callback = creds
         for plugin in ("xep_0030", "xep_0092", "xep_0199", "xep_0202", "xep_0077"):
             self.register_plugin(plugin)
         self.inbox = asyncio.Queue()
         self.stream_errors = []
         self.closed = asyncio.Event()
         self.add_event_handler("message", lambda m: self.inbox.put_nowait(m))
+        self.add_event_handler("message_error", lambda m: self.inbox.put_nowait(m))
         self.add_event_handler("stream_error", lambda e: self.stream_errors.append(e["condition"]))
         self.add_event_handler("disconnected", lambda *a: self.closed.set())
 
@@ -87,7 +74,6 @@ async def login(server, jid, password, mech="SCRAM-SHA-256", direct_tls=False, r
             done.set_result(result)
 
     c.add_event_handler("session_start", lambda e: finish(None))
-    c.add_event_handler("failed_auth", lambda e: finish("SASL failure"))
     c.add_event_handler("failed_all_auth", lambda e: finish("no SASL mechanism worked"))
     c.add_event_handler("connection_failed", lambda e: finish("connection failed: %s" % e))
     c.add_event_handler("disconnected", lambda e: finish("disconnected: %s" % (e,)))

@@ -39,6 +39,19 @@ def test_rfc6120_6_sasl_login(starling, mech, direct_tls):
     run(scenario())
 
 
+def test_compat_slixmpp_default_mechanism_choice_logs_in(starling):
+    # slixmpp 1.8.3 left alone tries SCRAM-*-PLUS with tls-unique (undefined
+    # in TLS 1.3, not offered), then SCRAM-SHA-256 with gs2 flag "y", which
+    # starlingd accepts unless sasl_cb_strict (docs/ARCHITECTURE.md).
+    starling.adduser("alice@localhost", PW)
+
+    async def scenario():
+        alice = await login(starling, "alice@localhost", PW, mech=None)
+        assert alice["feature_mechanisms"].mech.name.startswith("SCRAM-SHA-")
+        await alice.close()
+    run(scenario())
+
+
 def test_rfc6120_6_5_10_wrong_password_fails_in_slixmpp(starling):
     starling.adduser("alice@localhost", PW)
 
@@ -188,15 +201,16 @@ def test_rfc6120_7_7_2_2_same_resource_kicks_old_session_with_conflict(starling)
     run(scenario())
 
 
-def _register(server, user, password):
+def _register(server, user, password, to=None):
     """XEP-0077 3.1 over a raw STARTTLS stream before authentication.
     Returns (features, form, result iq)."""
     c = RawClient(server.c2s_port)
     features = c.starttls()
-    c.send("<iq type='get' id='reg1' to='localhost'><query xmlns='jabber:iq:register'/></iq>")
+    to = " to='%s'" % to if to else ""
+    c.send("<iq type='get' id='reg1'%s><query xmlns='jabber:iq:register'/></iq>" % to)
     form = c.expect(CLIENT + "iq")
-    c.send("<iq type='set' id='reg2' to='localhost'><query xmlns='jabber:iq:register'>"
-           "<username>%s</username><password>%s</password></query></iq>" % (user, password))
+    c.send("<iq type='set' id='reg2'%s><query xmlns='jabber:iq:register'>"
+           "<username>%s</username><password>%s</password></query></iq>" % (to, user, password))
     result = c.expect(CLIENT + "iq")
     c.close()
     return features, form, result
@@ -235,6 +249,17 @@ def test_xep0077_register_login_change_password_cancel(starling):
         assert not await can_login(starling, "carol@localhost", "second pw", mech="SCRAM-SHA-256")
     run(scenario())
     assert "carol@localhost" not in starling.ctl("users").stdout
+
+
+def test_xep0077_register_addressed_to_the_server_domain(starling):
+    # XEP-0077's own examples address the server: <iq to='shakespeare.lit'>.
+    _, form, result = _register(starling, "erin", "pw", to="localhost")
+    assert form.get("type") == "result"
+    assert result.get("type") == "result"
+
+    async def scenario():
+        assert await can_login(starling, "erin@localhost", "pw")
+    run(scenario())
 
 
 def test_xep0077_registration_refused_when_disabled(starling_factory):

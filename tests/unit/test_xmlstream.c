@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 #include "starling/alloc.h"
 #include "starling/xmlstream.h"
@@ -490,6 +491,48 @@ static void xmlstream_split_at_every_byte(void **state)
     st_free(whole);
 }
 
+static void xmlstream_stanza_delivered_on_completing_byte(void **state)
+{
+    /* Batching must never hold back a complete element: the '>' in the
+     * attribute value is not the end, the last byte is. */
+    static const char *docs[] = {
+        "<message to='a>b' id=\"c>d\"><body>x > y</body></message>",
+        "<message><body><![CDATA[a>b]]></body></message>",
+        "<presence/>",
+    };
+    for (size_t k = 0; k < sizeof docs / sizeof docs[0]; k++) {
+        rec r;
+        rec_init(&r, NULL);
+        assert_int_equal(feed_in_steps(&r, HDR, strlen(HDR), 1), 0);
+        assert_int_equal(r.opens, 1);
+        size_t len = strlen(docs[k]);
+        for (size_t i = 0; i < len; i++) {
+            assert_int_equal(st_xmlstream_feed(r.x, docs[k] + i, 1), 0);
+            assert_int_equal(r.stanzas, i == len - 1 ? 1 : 0);
+        }
+        rec_free(&r);
+    }
+}
+
+static void xmlstream_trickled_tag_costs_linear_time(void **state)
+{
+    /* A 256 KiB start tag sent one byte per feed: expat alone would rescan
+     * the partial tag on every feed (about 3e10 byte steps). */
+    rec r;
+    rec_init(&r, NULL);
+    feed_in_steps(&r, HDR, strlen(HDR), 0);
+    feed_in_steps(&r, "<message to='", 13, 0);
+    clock_t t0 = clock();
+    size_t n = 0;
+    while (st_xmlstream_feed(r.x, "a", 1) == 0)
+        n++;
+    double secs = (double)(clock() - t0) / CLOCKS_PER_SEC;
+    assert_string_equal(st_xmlstream_error(r.x), "policy-violation");
+    assert_true(n < 262144);
+    assert_true(secs < 5.0);
+    rec_free(&r);
+}
+
 /* ---- st_xml_parse_element ---- */
 
 static void parse_element_table(void **state)
@@ -618,6 +661,8 @@ int main(void)
         cmocka_unit_test(xmlstream_stop_ignores_rest),
         cmocka_unit_test(xmlstream_error_is_sticky),
         cmocka_unit_test(xmlstream_split_at_every_byte),
+        cmocka_unit_test(xmlstream_stanza_delivered_on_completing_byte),
+        cmocka_unit_test(xmlstream_trickled_tag_costs_linear_time),
         cmocka_unit_test(parse_element_table),
         cmocka_unit_test(xmlstream_alloc_failure_torture),
     };
