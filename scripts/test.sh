@@ -62,7 +62,7 @@ run_pytest() {
     # shellcheck disable=SC2086
     if STARLING_BUILD=$1 $PY -m pytest -q -p no:cacheprovider ${2:-tests/integration} >"$log" 2>&1; then :; fi
     cat "$log"
-    line=$(grep -E '^=+ .* in [0-9.]+s' "$log" | tail -1)
+    line=$(grep -E '[0-9]+ (passed|failed|error|skipped|deselected).* in [0-9.]+s' "$log" | tail -1)
     p=$(echo "$line" | sed -n 's/.* \([0-9]*\) passed.*/\1/p')
     f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
     e=$(echo "$line" | sed -n 's/.* \([0-9]*\) error.*/\1/p')

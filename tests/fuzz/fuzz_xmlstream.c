@@ -5,7 +5,8 @@
  * serialised standalone and parsed again; it must parse, and serialise to
  * the same bytes (abort() otherwise: the round-trip property). <success/>
  * and <proceed/> restart the stream, <stop/> stops it, so those paths are
- * reached from the corpus. */
+ * reached from the corpus. The stream is parsed twice, in chunks and in one
+ * piece, and both must deliver the same headers and stanzas. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 
 typedef struct fuzz_ctx {
     st_xmlstream *x;
+    st_buf log; /* every header and stanza, to compare chunked with whole */
 } fuzz_ctx;
 
 static void check_round_trip(const st_stanza *s)
@@ -41,7 +43,8 @@ static void check_round_trip(const st_stanza *s)
 
 static void on_open(void *ud, const st_node *header)
 {
-    (void)st_attr_get(header, "to");
+    fuzz_ctx *c = ud;
+    st_buf_appends(&c->log, "open\n");
 }
 
 static void on_stanza(void *ud, st_stanza *s)
@@ -49,8 +52,11 @@ static void on_stanza(void *ud, st_stanza *s)
     fuzz_ctx *c = ud;
     check_round_trip(s);
     size_t len;
-    if (!st_stanza_wire(s, &len))
+    const char *w = st_stanza_wire(s, &len);
+    if (!w)
         abort();
+    st_buf_append(&c->log, w, len);
+    st_buf_appends(&c->log, "\n");
     const char *name = st_name(s);
     if (strcmp(name, "success") == 0 || strcmp(name, "proceed") == 0)
         st_xmlstream_restart(c->x);
@@ -61,6 +67,33 @@ static void on_stanza(void *ud, st_stanza *s)
 
 static void on_close(void *ud)
 {
+    fuzz_ctx *c = ud;
+    st_buf_appends(&c->log, "close\n");
+}
+
+/* Feed the stream in chunks cycling through steps (0 = all at once). */
+static void run_stream(fuzz_ctx *c, const st_xml_limits *lim, const size_t *steps,
+                       const uint8_t *data, size_t size)
+{
+    st_xml_handlers h = { on_open, on_stanza, on_close };
+    st_buf_init(&c->log, 0);
+    c->x = st_xmlstream_new(lim, &h, c);
+    if (!c->x)
+        abort();
+    size_t off = 0;
+    for (int i = 0; off < size; i = (i + 1) & 3) {
+        size_t step = steps ? steps[i] : size;
+        size_t n = size - off < step ? size - off : step;
+        if (st_xmlstream_feed(c->x, (const char *)data + off, n) < 0) {
+            if (!st_xmlstream_error(c->x) || !st_xmlstream_error_text(c->x))
+                abort();
+            if (st_xmlstream_feed(c->x, "<a/>", 4) != -1)
+                abort(); /* errors are sticky */
+            break;
+        }
+        off += n;
+    }
+    st_xmlstream_free(c->x);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -82,24 +115,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     data += 5;
     size -= 5;
 
-    fuzz_ctx c;
-    st_xml_handlers h = { on_open, on_stanza, on_close };
-    c.x = st_xmlstream_new(&lim, &h, &c);
-    if (!c.x)
-        return 0;
-    size_t off = 0;
-    for (int i = 0; off < size; i = (i + 1) & 3) {
-        size_t n = size - off < steps[i] ? size - off : steps[i];
-        if (st_xmlstream_feed(c.x, (const char *)data + off, n) < 0) {
-            if (!st_xmlstream_error(c.x) || !st_xmlstream_error_text(c.x))
-                abort();
-            if (st_xmlstream_feed(c.x, "<a/>", 4) != -1)
-                abort(); /* errors are sticky */
-            break;
-        }
-        off += n;
+    /* Chunked and in one piece must give the same events: batching in the
+     * parser may delay an error, never a stanza. */
+    fuzz_ctx chunked, whole;
+    run_stream(&chunked, &lim, steps, data, size);
+    run_stream(&whole, &lim, NULL, data, size);
+    if (chunked.log.len != whole.log.len ||
+        (chunked.log.len && memcmp(chunked.log.data, whole.log.data, whole.log.len))) {
+        fprintf(stderr, "chunked:\n%s\nwhole:\n%s\n", chunked.log.data, whole.log.data);
+        abort();
     }
-    st_xmlstream_free(c.x);
+    st_buf_free(&chunked.log);
+    st_buf_free(&whole.log);
 
     /* The same bytes as one standalone element (stored XML path). */
     st_stanza *s = st_xml_parse_element((const char *)data, size, NULL);

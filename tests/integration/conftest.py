@@ -16,11 +16,13 @@ against build-asan/. The self-signed certificate the daemon generates on its
 first start is copied into later data directories, so only one daemon per
 test session pays for key generation.
 """
+import atexit
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -136,22 +138,30 @@ class Starling:
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      env=sanitizer_env(), cwd=self.dir)
         self.wait_listening(self.c2s_port)
-        self.wait_listening(self.tls_port)
+        self.wait_listening(self.tls_port, tls=True)
         if Starling._cert_cache is None:
             cert, key = (os.path.join(self.dir, n) for n in ("cert.pem", "key.pem"))
             if os.path.exists(cert) and os.path.exists(key):
                 cache = tempfile.mkdtemp(prefix="st-it-cert-", dir="/tmp")
+                atexit.register(shutil.rmtree, cache, True)
                 Starling._cert_cache = (shutil.copy(cert, cache), shutil.copy(key, cache))
         return self
 
-    def wait_listening(self, port, timeout=START_TIMEOUT):
+    def wait_listening(self, port, timeout=START_TIMEOUT, tls=False):
+        """Until port accepts (with a TLS handshake for direct TLS ports, so
+        the probe does not look like a failed client in the log)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 pytest.fail("starlingd exited with %s before listening on %d\n%s"
                             % (self.proc.returncode, port, self.log()))
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                    if tls:
+                        ctx = ssl.create_default_context()
+                        ctx.check_hostname = False
+                        ctx.verify_mode = ssl.CERT_NONE
+                        ctx.wrap_socket(sock, server_hostname=self.domain).close()
                     return
             except OSError:
                 time.sleep(0.05)
