@@ -63,9 +63,9 @@ run_pytest() {
     if STARLING_BUILD=$1 $PY -m pytest -q -p no:cacheprovider ${2:-tests/integration} >"$log" 2>&1; then :; fi
     cat "$log"
     line=$(grep -E '[0-9]+ (passed|failed|error|skipped|deselected).* in [0-9.]+s' "$log" | tail -1)
-    p=$(echo "$line" | sed -n 's/.* \([0-9]*\) passed.*/\1/p')
-    f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
-    e=$(echo "$line" | sed -n 's/.* \([0-9]*\) error.*/\1/p')
+    p=$(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+')
+    f=$(echo "$line" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+')
+    e=$(echo "$line" | grep -oE '[0-9]+ errors?' | grep -oE '[0-9]+')
     passed=$((passed + ${p:-0}))
     failed=$((failed + ${f:-0} + ${e:-0}))
     if [ -z "$line" ]; then failed=$((failed + 1)); fi
