@@ -75,6 +75,7 @@ struct st_conn {
     int authenticated;
     char *username; /* nodeprep'd, after success */
     enum sasl_mech mech;
+    char mech_name[24];
     st_scram_server *scram;
     int sasl_failures;
     int sasl_pending; /* waiting for storage */
@@ -597,18 +598,35 @@ static void conn_on_io(st_loop *l, st_io *io, unsigned ev)
 /* ------------------------------------------------------------------ */
 /* stream negotiation                                                  */
 
+/* The mechanisms, strongest first, as they are offered. */
+static const struct {
+    const char *name;
+    int plus;
+} mechs[] = {
+    {"SCRAM-SHA-256-PLUS", 1}, {"SCRAM-SHA-1-PLUS", 1}, {"SCRAM-SHA-256", 0},
+    {"SCRAM-SHA-1", 0},        {"PLAIN", 0},
+};
+
+/* Is this mechanism available on this connection right now? */
+static int mech_offered(const st_conn *c, const char *name)
+{
+    const st_config *cfg = c->srv->cfg;
+    if (!st_config_mech_enabled(cfg, name)) return 0;
+    if (strcmp(name, "PLAIN") == 0) return c->secure && cfg->allow_plain;
+    if (strstr(name, "-PLUS")) return c->cb_endpoint_len || c->cb_exporter_len;
+    return 1;
+}
+
 static void add_mechanisms(st_conn *c, st_stanza *f)
 {
     int cb = c->cb_endpoint_len || c->cb_exporter_len;
+    const st_config *cfg = c->srv->cfg;
     st_tag(f, "mechanisms", ST_NS_SASL);
-    if (cb) {
-        st_text_tag(f, "mechanism", "SCRAM-SHA-256-PLUS");
-        st_text_tag(f, "mechanism", "SCRAM-SHA-1-PLUS");
-    }
-    st_text_tag(f, "mechanism", "SCRAM-SHA-256");
-    st_text_tag(f, "mechanism", "SCRAM-SHA-1");
-    if (c->secure && c->srv->cfg->allow_plain) st_text_tag(f, "mechanism", "PLAIN");
+    for (size_t i = 0; i < sizeof mechs / sizeof mechs[0]; i++)
+        if (mech_offered(c, mechs[i].name)) st_text_tag(f, "mechanism", mechs[i].name);
     st_up(f);
+    cb = cb && (st_config_mech_enabled(cfg, "SCRAM-SHA-256-PLUS") ||
+                st_config_mech_enabled(cfg, "SCRAM-SHA-1-PLUS"));
     if (cb) {
         /* XEP-0440: which channel-binding types we can do on this stream */
         st_tag(f, "sasl-channel-binding", NS_SASL_CB);
@@ -778,7 +796,8 @@ static void sasl_succeed(st_conn *c, const char *user, const char *final, size_t
     c->authenticated = 1;
     st_scram_server_free(c->scram);
     c->scram = NULL;
-    st_info("c2s", "client %s: authenticated as %s@%s", c->peer, user, c->host->name);
+    st_info("c2s", "client %s: authenticated as %s@%s (%s)", c->peer, user, c->host->name,
+            c->mech_name);
     sasl_send(c, "success", final, n);
     restart_stream(c);
 }
@@ -915,7 +934,12 @@ static void sasl_auth(st_conn *c, const st_node *n)
     }
     int plus = 0;
     st_scram_hash hash;
-    if (strcmp(mech, "PLAIN") == 0 && c->secure && c->srv->cfg->allow_plain) {
+    if (!mech_offered(c, mech)) {
+        sasl_fail(c, "invalid-mechanism", NULL);
+        goto out;
+    }
+    snprintf(c->mech_name, sizeof c->mech_name, "%s", mech);
+    if (strcmp(mech, "PLAIN") == 0) {
         /* RFC 4616: [authzid] NUL authcid NUL passwd */
         const char *p = in.data ? in.data : "";
         const char *e = p + in.len;

@@ -160,6 +160,7 @@ static const key_def keys[] = {
     NUM(require_encryption, K_BOOL, 0, 1),
     NUM(allow_plain, K_BOOL, 0, 1),
     NUM(sasl_cb_strict, K_BOOL, 0, 1),
+    STR(sasl_mechanisms),
     NUM(max_stanza_bytes, K_SIZE, 1024, 64LL << 20),
     NUM(max_depth, K_UINT, 4, 1024),
     NUM(max_attrs, K_UINT, 4, 4096),
@@ -336,6 +337,37 @@ static void set_global(loader *L, const key_def *k, const char *value, int line)
         if (!*value) {
             errf(L, line, "%s: expected a value, got nothing", k->name);
             return;
+        }
+        if (strcmp(k->name, "sasl_mechanisms") == 0) {
+            /* every word must be a mechanism we implement */
+            static const char *const known[] = {"SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS",
+                                                "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", NULL};
+            char word[64];
+            const char *p = value;
+            int n = 0;
+            while (*p) {
+                size_t len = strcspn(p, " \t,");
+                if (len) {
+                    size_t i;
+                    snprintf(word, sizeof word, "%.*s", (int)(len < 63 ? len : 63), p);
+                    for (i = 0; known[i]; i++)
+                        if (strcmp(known[i], word) == 0) break;
+                    if (!known[i] || len >= 63) {
+                        errf(L, line,
+                             "%s: unknown mechanism '%s'; choose from SCRAM-SHA-256-PLUS "
+                             "SCRAM-SHA-1-PLUS SCRAM-SHA-256 SCRAM-SHA-1 PLAIN",
+                             k->name, word);
+                        return;
+                    }
+                    n++;
+                }
+                p += len;
+                p += strspn(p, " \t,");
+            }
+            if (!n) {
+                errf(L, line, "%s: expected at least one mechanism", k->name);
+                return;
+            }
         }
         if (k->type == K_ENUM) {
             size_t i;
@@ -998,4 +1030,17 @@ const char *st_config_locate(const char *path)
     if (env && *env) return env;
     if (access("./starling.conf", F_OK) == 0) return "./starling.conf";
     return "/etc/starling/starling.conf";
+}
+
+int st_config_mech_enabled(const st_config *c, const char *mech)
+{
+    if (!c->sasl_mechanisms) return 1;
+    size_t n = strlen(mech);
+    for (const char *p = c->sasl_mechanisms; *p;) {
+        size_t len = strcspn(p, " \t,");
+        if (len == n && memcmp(p, mech, n) == 0) return 1;
+        p += len;
+        p += strspn(p, " \t,");
+    }
+    return 0;
 }

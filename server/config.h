@@ -54,6 +54,7 @@ typedef struct st_config {
     size_t nc2s_tls_ports;
     int require_encryption;  /* default 1: no stanzas/SASL before STARTTLS */
     int allow_plain;         /* SASL PLAIN over TLS; default 1 */
+    char *sasl_mechanisms;   /* space-separated list to offer; NULL = all we implement */
     int sasl_cb_strict;      /* fail SCRAM "y" when we offer -PLUS (RFC 5802 §6); default 0 */
     size_t max_stanza_bytes; /* default 262144 */
     unsigned max_depth;      /* default 32 */
@@ -86,6 +87,9 @@ const st_conf_kv *st_host_opt(const st_host_conf *h, const char *key);
 /* Where to find the config: path if non-NULL, else $STARLING_CONFIG, else
  * ./starling.conf if it exists, else /etc/starling/starling.conf. Borrowed. */
 const char *st_config_locate(const char *path);
+
+/* Is this SASL mechanism enabled by sasl_mechanisms? */
+int st_config_mech_enabled(const st_config *c, const char *mech);
 
 /* Parsers shared with module option validation. 0 or -1. */
 int st_parse_bool(const char *s, int *out);

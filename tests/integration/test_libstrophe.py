@@ -110,3 +110,25 @@ def test_slixmpp_sends_to_libstrophe(starling, strophe_client, direct_tls):
                 await p.wait()
     run(scenario())
 
+
+
+@pytest.mark.parametrize("mech", ["SCRAM-SHA-1", "SCRAM-SHA-256"])
+def test_rfc6120_6_libstrophe_logs_in_with_each_scram(starling_factory, strophe_client, mech):
+    """libstrophe cannot be told which mechanism to use, so the server offers
+    only one (sasl_mechanisms) and the client must log in with it."""
+    starling = starling_factory(sasl_mechanisms=mech)
+    starling.adduser("alice@localhost", PW)
+    starling.adduser("bob@localhost", PW)
+
+    async def scenario():
+        bob = await login(starling, "bob@localhost", PW, mech=mech)
+        p = await strophe(strophe_client, starling, "alice@localhost", "bob@localhost", BODY,
+                          "send")
+        out, err = await asyncio.wait_for(p.communicate(), 20)
+        err = err.decode("utf-8", "replace")
+        assert p.returncode == 0, err[-5000:]
+        m = await bob.next_message(type="chat")
+        assert m["body"] == BODY
+        await bob.close()
+        assert "authenticated as alice@localhost (%s)" % mech in starling.log()
+    run(scenario())
