@@ -12,6 +12,7 @@
  * st_jid keeps its three NUL-terminated parts in one allocation (mem) so that
  * freeing and copying are a single call. */
 #include "starling/jid.h"
+#include "starling/utf8.h"
 #include "starling/alloc.h"
 
 #include <arpa/inet.h>
@@ -28,46 +29,6 @@
 /* Scratch size cap: NFKC can expand a code point up to 18 times. */
 #define PREP_SCRATCH_MAX (18 * PREP_INPUT_MAX + 64)
 
-/* Strict UTF-8 (RFC 3629): no overlongs, no surrogates, <= U+10FFFF, no NUL. */
-static int utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t k;
-        unsigned cp;
-        if (c == 0)
-            return 0;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            k = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            k = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            k = 3;
-            cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (n - i <= k)
-            return 0;
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + j] & 0x3f);
-        }
-        if ((k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) || cp > 0x10ffff ||
-            (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += k + 1;
-    }
-    return 1;
-}
-
 /* Run one stringprep profile over in[0..n) into out. maxlen caps the result
  * (0 = only outsz limits it). Empty results are refused unless allow_empty.
  * Returns the prepared length, or -1. */
@@ -79,7 +40,7 @@ static int prep_part(const Stringprep_profile *profile, Stringprep_profile_flags
     size_t cap;
     int rc = -1;
 
-    if (!utf8_valid((const unsigned char *)in, n))
+    if (!st_utf8_valid(in, n))
         goto done;
     if (maxlen && n > PREP_INPUT_MAX)
         goto done;

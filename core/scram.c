@@ -18,6 +18,7 @@
  * Secrets (passwords, salted passwords, keys) are wiped with OPENSSL_cleanse
  * before their memory is freed. Nothing here logs. */
 #include "starling/scram.h"
+#include "starling/utf8.h"
 #include "starling/alloc.h"
 #include "starling/base64.h"
 #include "starling/jid.h"
@@ -345,42 +346,6 @@ fail:
     return NULL;
 }
 
-/* Strict UTF-8 check (no overlongs, surrogates or NUL). */
-static int utf8_ok(const char *str)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    while (*s) {
-        unsigned c = *s;
-        size_t k;
-        unsigned cp;
-        if (c < 0x80) {
-            s++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            k = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            k = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            k = 3;
-            cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[j] & 0xc0) != 0x80) /* also stops at the NUL */
-                return 0;
-            cp = (cp << 6) | (s[j] & 0x3f);
-        }
-        if ((k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) || cp > 0x10ffff ||
-            (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        s += k + 1;
-    }
-    return 1;
-}
-
 /* Encode a name for n= (',' and '=' escaped). */
 static int saslname_encode(st_buf *out, const char *s)
 {
@@ -571,7 +536,7 @@ int st_scram_server_start(st_scram_server *ss, const char *msg, size_t len,
         /* value-safe-char is UTF-8; refusing bad sequences here keeps
          * garbage out of account lookups and logs. */
         ss->authzid = saslname_decode(v, vl);
-        if (!ss->authzid || !utf8_ok(ss->authzid))
+        if (!ss->authzid || !st_utf8_valid(ss->authzid, strlen(ss->authzid)))
             goto fail;
         /* In XMPP an authzid is a JID (RFC 6120 §6.3.8). */
         st_jid j;
@@ -593,7 +558,7 @@ int st_scram_server_start(st_scram_server *ss, const char *msg, size_t len,
     if (take_attr(&c, 'n', &v, &vl) != 0)
         goto fail;
     ss->username = saslname_decode(v, vl);
-    if (!ss->username || !utf8_ok(ss->username))
+    if (!ss->username || !st_utf8_valid(ss->username, strlen(ss->username)))
         goto fail;
     if (take_comma(&c) != 0 || take_attr(&c, 'r', &v, &vl) != 0 || !nonce_ok(v, vl))
         goto fail;
