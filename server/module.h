@@ -61,6 +61,31 @@ typedef struct st_iq_handler {
     st_verdict (*fn)(st_iq_ctx *c);
 } st_iq_handler;
 
+/* Stanza hooks. Each is called for the modules enabled on the host that
+ * the stanza concerns, highest priority first, until one answers
+ * ST_HANDLED (it took the stanza: it delivered, stored, answered or dropped
+ * it). The stanza is borrowed; a hook that keeps it takes a reference. A
+ * hook may change the stanza only if it has a single reference. */
+typedef struct st_hooks {
+    /* A presence from a bound client (from stamped), before routing. */
+    st_verdict (*presence_out)(struct st_session *s, st_stanza *st, const st_jid *to);
+    /* A presence for a local user (to bare or full), before delivery. from
+     * is the stamped sender (local user, or later a remote one). */
+    st_verdict (*presence_in)(struct st_server *srv, struct st_host *h, st_stanza *st,
+                              const st_jid *from, const st_jid *to);
+    /* A message from a bound client, before routing (carbons of sent messages). */
+    st_verdict (*message_out)(struct st_session *s, st_stanza *st, const st_jid *to);
+    /* A message for a local user, before delivery. navailable is how many
+     * resources would get it (0: offline storage may take it). */
+    st_verdict (*message_in)(struct st_server *srv, struct st_host *h, st_stanza *st,
+                             const st_jid *from, const st_jid *to, int navailable);
+    /* Any stanza between a local user and anyone, in either direction
+     * (outbound = 1: st is from the user). ST_HANDLED = refuse it (the hook
+     * answers the sender if it should): blocking. */
+    st_verdict (*filter)(struct st_server *srv, struct st_host *h, st_stanza *st,
+                         const st_jid *user, const st_jid *peer, int outbound);
+} st_hooks;
+
 typedef struct st_module {
     const char *name;  /* "ping" */
     const char *spec;  /* "XEP-0199" */
@@ -77,6 +102,8 @@ typedef struct st_module {
     /* A session was bound / is ending. */
     void (*session_bound)(struct st_session *s);
     void (*session_end)(struct st_session *s);
+    const st_hooks *hooks; /* NULL if none */
+    int priority;          /* order of hooks and handlers: higher runs first */
 } st_module;
 
 /* All built-in modules, NULL-terminated (server/modules.c). */

@@ -7,13 +7,16 @@
 #include "server/module.h"
 #include "server/config.h"
 
-extern const st_module mod_disco, mod_version, mod_ping, mod_time, mod_register;
+extern const st_module mod_disco, mod_version, mod_ping, mod_time, mod_register, mod_roster,
+    mod_presence;
 
 const st_module *const st_builtin_modules[] = {
-    &mod_disco, &mod_version, &mod_ping, &mod_time, &mod_register, NULL,
+    &mod_disco, &mod_version, &mod_ping, &mod_time, &mod_register, &mod_roster, &mod_presence,
+    NULL,
 };
 
-const char *const st_default_modules[] = {"disco", "version", "ping", "time", "register", NULL};
+const char *const st_default_modules[] = {"disco",  "version", "ping",     "time",
+                                          "register", "roster", "presence", NULL};
 
 const st_module *st_module_find(const char *name)
 {

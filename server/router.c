@@ -40,6 +40,51 @@ static int is_error(const st_stanza *st)
     return t && strcmp(t, "error") == 0;
 }
 
+/* ---- hooks (module tables, highest priority first; see module.h) ---- */
+
+#define RUN_HOOKS(h, name, ...)                                                                    \
+    do {                                                                                           \
+        for (size_t i_ = 0; i_ < (h)->nmods; i_++) {                                               \
+            const st_hooks *hk_ = (h)->mods[i_]->hooks;                                            \
+            if (hk_ && hk_->name && hk_->name(__VA_ARGS__) == ST_HANDLED) return ST_HANDLED;       \
+        }                                                                                          \
+        return ST_PASS;                                                                            \
+    } while (0)
+
+static st_verdict run_presence_out(st_session *sess, st_stanza *st, const st_jid *to)
+{
+    RUN_HOOKS(sess->host, presence_out, sess, st, to);
+}
+
+static st_verdict run_message_out(st_session *sess, st_stanza *st, const st_jid *to)
+{
+    RUN_HOOKS(sess->host, message_out, sess, st, to);
+}
+
+static st_verdict run_presence_in(st_server *s, st_host *h, st_stanza *st, const st_jid *from,
+                                  const st_jid *to)
+{
+    RUN_HOOKS(h, presence_in, s, h, st, from, to);
+}
+
+static st_verdict run_message_in(st_server *s, st_host *h, st_stanza *st, const st_jid *from,
+                                 const st_jid *to, int n)
+{
+    RUN_HOOKS(h, message_in, s, h, st, from, to, n);
+}
+
+static st_verdict run_filter(st_server *s, st_host *h, st_stanza *st, const st_jid *user,
+                             const st_jid *peer, int outbound)
+{
+    RUN_HOOKS(h, filter, s, h, st, user, peer, outbound);
+}
+
+st_verdict st_route_filter(st_server *s, st_host *h, st_stanza *st, const st_jid *user,
+                           const st_jid *peer, int outbound)
+{
+    return run_filter(s, h, st, user, peer, outbound);
+}
+
 void st_route_error(st_server *s, st_stanza *st, const char *condition, const char *text)
 {
     const char *t = st_get(st, "type");
@@ -59,7 +104,11 @@ static void dispatch_iq(st_server *s, st_host *h, st_stanza *st, const st_jid *f
                         const st_jid *to, int where, st_session *sess, st_conn *conn)
 {
     int type = iq_type(st_get(st, "type"));
-    if (type != ST_IQ_GET && type != ST_IQ_SET) return; /* results/errors: consumed */
+    if (type != ST_IQ_GET && type != ST_IQ_SET) {
+        /* results/errors: answers to our own IQs, else consumed silently */
+        if (where & ST_TO_HOST) st_server_iq_reply(s, st);
+        return;
+    }
     st_node *payload = st_first_elem(st->root);
     if (!payload || st_next_elem(payload)) {
         /* RFC 6120 §8.2.3: exactly one payload child */
@@ -97,32 +146,61 @@ void st_router_preauth_iq(st_conn *c, st_host *h, st_stanza *st)
     dispatch_iq(h->srv, h, st, NULL, NULL, ST_PRE_AUTH, NULL, c);
 }
 
-/* ---- message delivery to a bare JID ---- */
+/* ---- delivery to local users ---- */
 
-static void deliver_bare_message(st_server *s, st_stanza *st, const char *bare)
+/* The highest non-negative priority among available resources, or -1. */
+static int best_priority(const st_user *u)
+{
+    int best = -1;
+    for (st_session *x = u ? u->sessions : NULL; x; x = x->next_of_user)
+        if (x->available && x->priority >= 0 && x->priority > best) best = x->priority;
+    return best;
+}
+
+static int bare_targets(const st_user *u, int headline)
+{
+    int best = best_priority(u), n = 0;
+    if (best < 0) return 0;
+    for (st_session *x = u->sessions; x; x = x->next_of_user)
+        if (x->available && x->priority >= 0 && (headline || x->priority == best)) n++;
+    return n;
+}
+
+static void deliver_bare_message(st_server *s, st_host *h, st_stanza *st, const char *bare,
+                                 const st_jid *from, const st_jid *to)
 {
     const char *type = st_get(st, "type");
     st_user *u = st_user_find(s, bare);
-    int best = -1;
     if (type && strcmp(type, "groupchat") == 0) {
         st_route_error(s, st, "service-unavailable", NULL);
         return;
     }
     int headline = type && strcmp(type, "headline") == 0;
-    for (st_session *x = u ? u->sessions : NULL; x; x = x->next_of_user)
-        if (x->available && x->priority >= 0 && x->priority > best) best = x->priority;
-    if (best < 0) {
-        /* No available resource. Offline storage is not there yet, so per
-         * RFC 6121 §8.5.2.1.1 the sender gets service-unavailable; headlines
-         * and errors are silently dropped. */
+    int n = bare_targets(u, headline);
+    st_jid bj = *to;
+    bj.resource = NULL;
+    if (run_message_in(s, h, st, from, &bj, n) == ST_HANDLED) return;
+    if (n == 0) {
+        /* No available resource and no module (offline storage) took it:
+         * RFC 6121 §8.5.2.1.1 wants service-unavailable; headlines and
+         * errors are silently dropped. */
         if (!headline && !is_error(st)) st_route_error(s, st, "service-unavailable", NULL);
         return;
     }
+    int best = best_priority(u);
     for (st_session *x = u->sessions; x; x = x->next_of_user) {
         if (!x->available || x->priority < 0) continue;
         if (!headline && x->priority != best) continue;
         st_session_send(x, st);
     }
+}
+
+/* Presence to a local bare JID that no module took: every available resource. */
+static void deliver_bare_presence(st_server *s, st_stanza *st, const char *bare)
+{
+    st_user *u = st_user_find(s, bare);
+    for (st_session *x = u ? u->sessions : NULL; x; x = x->next_of_user)
+        if (x->available) st_session_send(x, st);
 }
 
 /* ---- the routing core ---- */
@@ -153,17 +231,24 @@ static void route_to(st_server *s, st_stanza *st, const st_jid *to, st_session *
     }
     char *bare = st_jid_bare(to);
     if (!bare) goto out;
+    int is_pres = strcmp(name, "presence") == 0;
+    /* blocking and other filters see every stanza for a local user */
+    if (have_from && run_filter(s, h, st, to, &fromj, 0) == ST_HANDLED) goto done;
+    if (is_pres && run_presence_in(s, h, st, have_from ? &fromj : NULL, to) == ST_HANDLED)
+        goto done;
     if (to->resource) {
         char *full = st_jid_full(to);
         st_session *dst = full ? st_session_find(s, full) : NULL;
         st_free(full);
         if (dst) {
+            if (is_msg && run_message_in(s, h, st, have_from ? &fromj : NULL, to, 1) == ST_HANDLED)
+                goto done;
             st_session_send(dst, st);
         } else if (is_msg) {
             const char *t = st_get(st, "type");
             /* RFC 6121 §8.5.3.2.1: a gone resource is treated as the bare JID */
             if (t && strcmp(t, "groupchat") == 0) st_route_error(s, st, "service-unavailable", NULL);
-            else if (!is_error(st)) deliver_bare_message(s, st, bare);
+            else if (!is_error(st)) deliver_bare_message(s, h, st, bare, have_from ? &fromj : NULL, to);
         } else if (is_iq) {
             st_route_error(s, st, "service-unavailable", NULL);
         }
@@ -174,9 +259,11 @@ static void route_to(st_server *s, st_stanza *st, const st_jid *to, st_session *
         dispatch_iq(s, h, st, have_from ? &fromj : NULL, to, own ? ST_TO_ACCOUNT : ST_TO_USER,
                     origin, NULL);
     } else if (is_msg) {
-        deliver_bare_message(s, st, bare);
+        deliver_bare_message(s, h, st, bare, have_from ? &fromj : NULL, to);
+    } else if (is_pres) {
+        deliver_bare_presence(s, st, bare);
     }
-    /* presence to a bare JID: subscriptions and probes arrive with RFC 6121 */
+done:
     st_free(bare);
 out:
     if (have_from) st_jid_free(&fromj);
@@ -237,8 +324,17 @@ void st_router_from_client(st_session *sess, st_stanza *st)
         }
     }
     const char *to = st_get(st, "to");
+    int is_pres = strcmp(name, "presence") == 0, is_msg = strcmp(name, "message") == 0;
+    st_jid j;
+    if (to && st_jid_parse(&j, to, strlen(to)) != 0) {
+        st_route_error(s, st, "jid-malformed", NULL);
+        return;
+    }
+    if (to && run_filter(s, sess->host, st, &sess->jid, &j, 1) == ST_HANDLED) goto done;
+    if (is_pres && run_presence_out(sess, st, to ? &j : NULL) == ST_HANDLED) goto done;
+    if (is_msg && run_message_out(sess, st, to ? &j : NULL) == ST_HANDLED) goto done;
     if (!to) {
-        if (strcmp(name, "presence") == 0) {
+        if (is_pres) {
             own_presence(sess, st);
         } else if (strcmp(name, "iq") == 0) {
             /* No 'to': the account itself answers (RFC 6120 §10.3.3) */
@@ -252,13 +348,9 @@ void st_router_from_client(st_session *sess, st_stanza *st)
         }
         return;
     }
-    st_jid j;
-    if (st_jid_parse(&j, to, strlen(to)) != 0) {
-        st_route_error(s, st, "jid-malformed", NULL);
-        return;
-    }
     route_to(s, st, &j, sess);
-    st_jid_free(&j);
+done:
+    if (to) st_jid_free(&j);
 }
 
 /* ---- IQ replies for modules ---- */

@@ -38,6 +38,69 @@ void st_server_make_id(st_server *s, char *out, size_t outsz)
     snprintf(out, outsz, "%s%llx", id_prefix, ++s->next_id);
 }
 
+/* ---- IQs from the server, with a callback for the answer ---- */
+
+typedef struct pending_iq {
+    char id[64];
+    char to[3100]; /* only the addressee may answer */
+    st_timer timer;
+    st_server *srv;
+    void (*cb)(void *ud, st_stanza *reply);
+    void *ud;
+} pending_iq;
+
+static void pending_iq_timeout(st_loop *l, st_timer *t)
+{
+    pending_iq *p = t->ud;
+    st_map_del(&p->srv->pending_iqs, p->id);
+    p->cb(p->ud, NULL);
+    st_free(p);
+}
+
+int st_server_iq(st_server *s, st_stanza *iq, unsigned timeout_ms,
+                 void (*cb)(void *ud, st_stanza *reply), void *ud)
+{
+    pending_iq *p = st_calloc(1, sizeof *p);
+    if (!p) return -1;
+    st_server_make_id(s, p->id, sizeof p->id);
+    if (st_node_set_attr(iq, iq->root, "id", p->id) != 0 ||
+        st_map_put(&s->pending_iqs, p->id, p) != 0) {
+        st_free(p);
+        return -1;
+    }
+    snprintf(p->to, sizeof p->to, "%s", st_get(iq, "to") ? st_get(iq, "to") : "");
+    p->srv = s;
+    p->cb = cb;
+    p->ud = ud;
+    st_timer_init(&p->timer, pending_iq_timeout, p);
+    st_timer_set(s->loop, &p->timer, timeout_ms);
+    st_route(s, iq);
+    return 0;
+}
+
+int st_server_iq_reply(st_server *s, st_stanza *reply)
+{
+    const char *id = st_get(reply, "id");
+    pending_iq *p = id ? st_map_get(&s->pending_iqs, id) : NULL;
+    if (!p) return 0;
+    const char *from = st_get(reply, "from");
+    if (!from || strcmp(from, p->to) != 0) return 0; /* someone else guessing ids */
+    st_map_del(&s->pending_iqs, id);
+    st_timer_cancel(s->loop, &p->timer);
+    p->cb(p->ud, reply);
+    st_free(p);
+    return 1;
+}
+
+static int drop_pending_iq(void *ud, const char *k, void *v)
+{
+    pending_iq *p = v;
+    st_timer_cancel(p->srv->loop, &p->timer);
+    p->cb(p->ud, NULL);
+    st_free(p);
+    return 0;
+}
+
 /* ---- hosts ---- */
 
 static void host_free(st_host *h)
@@ -75,6 +138,18 @@ static int host_configure(st_host *h, const st_host_conf *hc)
     }
     for (size_t k = 0; k < h->nmods; k++)
         if (h->mods[k] && h->mods[k]->host_fini) h->mods[k]->host_fini(h, h->mod_state[k]);
+    /* Hooks and handlers run by the modules' own priority, highest first;
+     * the order of the config's modules line does not matter (stable). */
+    for (size_t i = 1; i < n; i++) {
+        for (size_t k = i; k > 0 && mods[k]->priority > mods[k - 1]->priority; k--) {
+            const st_module *tm = mods[k];
+            void *ts = state[k];
+            mods[k] = mods[k - 1];
+            state[k] = state[k - 1];
+            mods[k - 1] = tm;
+            state[k - 1] = ts;
+        }
+    }
     memcpy(h->mods, mods, n * sizeof *mods);
     memcpy(h->mod_state, state, n * sizeof *state);
     h->nmods = n;
@@ -414,6 +489,7 @@ st_server *st_server_new(st_config *cfg, char *err, size_t errlen)
     s->started = time(NULL);
     st_map_init(&s->sessions);
     st_map_init(&s->users);
+    st_map_init(&s->pending_iqs);
     unsigned char r[4];
     RAND_bytes(r, sizeof r);
     snprintf(id_prefix, sizeof id_prefix, "%02x%02x%02x%02x-", r[0], r[1], r[2], r[3]);
@@ -499,6 +575,8 @@ void st_server_free(st_server *s)
         close(signal_fd);
         signal_fd = -1;
     }
+    st_map_each(&s->pending_iqs, drop_pending_iq, NULL);
+    st_map_free(&s->pending_iqs);
     for (size_t i = 0; i < s->nhosts; i++) host_free(s->hosts[i]);
     st_free(s->hosts);
     st_map_free(&s->sessions);

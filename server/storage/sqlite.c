@@ -21,14 +21,26 @@
  *   applies the missing steps in one IMMEDIATE transaction, so two processes
  *   opening a fresh file at once cannot both migrate, and a failed step leaves
  *   the file as it was. Steps are append-only: never edit a released step.
- * - Everything a user owns will reference users(host, username) with
- *   ON DELETE CASCADE (foreign_keys is on), so user_delete is one statement.
+ * - Everything a user owns (roster, offline messages, keyed data) references
+ *   users(host, username) with ON DELETE CASCADE, so user_delete is one
+ *   statement. foreign_keys is a per-connection setting, off by default, so
+ *   open() turns it on and checks that it took before anything else runs.
+ * - A write that depends on what it reads (roster_put's quota and version)
+ *   runs in one BEGIN IMMEDIATE transaction; where one statement can do
+ *   both (offline_push's quota, kv_put's seq) it does, since a statement
+ *   is its own transaction.
+ * - Values (offline stanzas, kv values) are BLOBs with an explicit length,
+ *   so they may hold any bytes; what we hand back is NUL-terminated as a
+ *   convenience. Rows we did not write (bad types, out-of-range values) are
+ *   reported as errors, never trusted.
  * - Statements are prepared once at open and kept in the handle; each use
  *   binds, steps and resets. A handle is used by one thread at a time.
  * - The file is created 0600 before SQLite opens it: it holds credentials.
  *   SQLite gives the -wal and -shm files the same mode as the database. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -61,10 +73,120 @@ static const char *const migrations[] = {
     "  created       INTEGER NOT NULL," /* unix seconds */
     "  PRIMARY KEY (host, username)"
     ");",
+
+    /* v2: what a user owns besides the account. Every table references
+     * users with ON DELETE CASCADE, so user_delete stays one statement.
+     *
+     * roster: one row per contact, visible or not (pending-in holders and
+     * tombstones live here too, see storage.h). Groups are rows of their own
+     * rather than an encoded list, so any group name (commas, quotes,
+     * unicode) round-trips byte for byte and pos keeps the client's order.
+     * roster_version is the per-user counter XEP-0237 versions come from;
+     * it is never reset, so a version a client holds always means the same
+     * state. offline: AUTOINCREMENT so an id is never reused, even after the
+     * newest row was deleted: a client's "delete up to id" can never hit a
+     * message stored later. kv: seq orders a store by last put. */
+    "CREATE TABLE roster ("
+    "  host           TEXT    NOT NULL,"
+    "  username       TEXT    NOT NULL,"
+    "  jid            TEXT    NOT NULL," /* bare contact JID */
+    "  name           TEXT,"
+    "  sub            INTEGER NOT NULL CHECK (sub BETWEEN 0 AND 3),"
+    "  ask_out        INTEGER NOT NULL,"
+    "  pending_in     INTEGER NOT NULL,"
+    "  approved       INTEGER NOT NULL,"
+    "  in_roster      INTEGER NOT NULL,"
+    "  removed        INTEGER NOT NULL,"
+    "  pending_in_xml TEXT,"
+    "  ver            INTEGER NOT NULL," /* roster version of the last change */
+    "  PRIMARY KEY (host, username, jid),"
+    "  FOREIGN KEY (host, username) REFERENCES users (host, username) ON DELETE CASCADE"
+    ");"
+    "CREATE TABLE roster_groups ("
+    "  host     TEXT    NOT NULL,"
+    "  username TEXT    NOT NULL,"
+    "  jid      TEXT    NOT NULL,"
+    "  pos      INTEGER NOT NULL," /* 0-based, the order the client gave */
+    "  grp      TEXT    NOT NULL,"
+    "  PRIMARY KEY (host, username, jid, pos),"
+    "  FOREIGN KEY (host, username, jid) REFERENCES roster (host, username, jid)"
+    "    ON DELETE CASCADE"
+    ");"
+    "CREATE TABLE roster_version ("
+    "  host     TEXT    NOT NULL,"
+    "  username TEXT    NOT NULL,"
+    "  ver      INTEGER NOT NULL,"
+    "  PRIMARY KEY (host, username),"
+    "  FOREIGN KEY (host, username) REFERENCES users (host, username) ON DELETE CASCADE"
+    ");"
+    "CREATE TABLE offline ("
+    "  id       INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  host     TEXT    NOT NULL,"
+    "  username TEXT    NOT NULL,"
+    "  xml      BLOB    NOT NULL,"
+    "  stored   INTEGER NOT NULL," /* unix seconds */
+    "  FOREIGN KEY (host, username) REFERENCES users (host, username) ON DELETE CASCADE"
+    ");"
+    /* Listing, counting and deleting are per user in id order; the cascade
+     * from users needs the (host, username) prefix too. */
+    "CREATE INDEX offline_user ON offline (host, username, id);"
+    "CREATE TABLE kv ("
+    "  host     TEXT    NOT NULL,"
+    "  username TEXT    NOT NULL,"
+    "  store    TEXT    NOT NULL,"
+    "  key      TEXT    NOT NULL,"
+    "  val      BLOB    NOT NULL,"
+    "  seq      INTEGER NOT NULL,"
+    "  PRIMARY KEY (host, username, store, key),"
+    "  FOREIGN KEY (host, username) REFERENCES users (host, username) ON DELETE CASCADE"
+    ");"
+    /* kv_list, kv_trim and the next seq of a put all walk a store by seq. */
+    "CREATE UNIQUE INDEX kv_seq ON kv (host, username, store, seq);",
 };
 #define SQ_SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
-enum { Q_USER_GET, Q_USER_CREATE, Q_USER_SET, Q_USER_DELETE, Q_USER_LIST, Q_VERSION, Q_COUNT };
+enum {
+    Q_USER_GET,
+    Q_USER_CREATE,
+    Q_USER_SET,
+    Q_USER_DELETE,
+    Q_USER_LIST,
+    Q_VERSION,
+    Q_BEGIN_READ,
+    Q_BEGIN_WRITE,
+    Q_COMMIT,
+    Q_ROLLBACK,
+    Q_ROSTER_GET,
+    Q_ROSTER_GET_ITEM,
+    Q_ROSTER_VERSION,
+    Q_ROSTER_BUMP,
+    Q_ROSTER_VISIBLE,
+    Q_ROSTER_PUT,
+    Q_ROSTER_GROUPS_DEL,
+    Q_ROSTER_GROUP_ADD,
+    Q_ROSTER_PURGE,
+    Q_OFFLINE_PUSH,
+    Q_OFFLINE_LIST,
+    Q_OFFLINE_DELETE,
+    Q_OFFLINE_COUNT,
+    Q_KV_GET,
+    Q_KV_PUT,
+    Q_KV_DEL,
+    Q_KV_DEL_STORE,
+    Q_KV_LIST,
+    Q_KV_TRIM,
+    Q_COUNT
+};
+
+/* The roster columns in the order sq_roster_collect() reads them; the
+ * LEFT JOIN gives one result row per group (or one with grp NULL), and the
+ * ORDER BY keeps the rows of one contact together, groups in order. */
+#define SQ_ROSTER_SELECT                                                                         \
+    "SELECT r.jid, r.name, r.sub, r.ask_out, r.pending_in, r.approved, r.in_roster, r.removed," \
+    " r.pending_in_xml, r.ver, g.grp"                                                            \
+    " FROM roster r LEFT JOIN roster_groups g"                                                   \
+    " ON g.host = r.host AND g.username = r.username AND g.jid = r.jid"                         \
+    " WHERE r.host = ?1 AND r.username = ?2"
 
 static const char *const queries[Q_COUNT] = {
     [Q_USER_GET] = "SELECT sha1_salt, sha1_iter, sha1_stored, sha1_server,"
@@ -82,6 +204,63 @@ static const char *const queries[Q_COUNT] = {
     [Q_USER_DELETE] = "DELETE FROM users WHERE host = ?1 AND username = ?2",
     [Q_USER_LIST] = "SELECT username FROM users WHERE host = ?1 ORDER BY username",
     [Q_VERSION] = "SELECT version FROM schema_version",
+    [Q_BEGIN_READ] = "BEGIN",
+    /* IMMEDIATE: take the write lock before reading what the write depends
+     * on (the visible count, the version), so nobody changes it meanwhile. */
+    [Q_BEGIN_WRITE] = "BEGIN IMMEDIATE",
+    [Q_COMMIT] = "COMMIT",
+    [Q_ROLLBACK] = "ROLLBACK",
+    [Q_ROSTER_GET] = SQ_ROSTER_SELECT " AND (?3 OR r.removed = 0) ORDER BY r.jid, g.pos",
+    [Q_ROSTER_GET_ITEM] = SQ_ROSTER_SELECT " AND r.jid = ?3 ORDER BY g.pos",
+    [Q_ROSTER_VERSION] = "SELECT ver FROM roster_version WHERE host = ?1 AND username = ?2",
+    [Q_ROSTER_BUMP] = "INSERT INTO roster_version (host, username, ver) VALUES (?1, ?2, 1)"
+                      " ON CONFLICT (host, username) DO UPDATE SET ver = ver + 1"
+                      " RETURNING ver",
+    /* How many visible items, and whether ?3 is one of them. */
+    [Q_ROSTER_VISIBLE] = "SELECT count(*), coalesce(sum(jid = ?3), 0) FROM roster"
+                         " WHERE host = ?1 AND username = ?2 AND in_roster <> 0 AND removed = 0",
+    [Q_ROSTER_PUT] = "INSERT INTO roster (host, username, jid, name, sub, ask_out, pending_in,"
+                     " approved, in_roster, removed, pending_in_xml, ver)"
+                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                     " ON CONFLICT (host, username, jid) DO UPDATE SET"
+                     " name = excluded.name, sub = excluded.sub, ask_out = excluded.ask_out,"
+                     " pending_in = excluded.pending_in, approved = excluded.approved,"
+                     " in_roster = excluded.in_roster, removed = excluded.removed,"
+                     " pending_in_xml = excluded.pending_in_xml, ver = excluded.ver",
+    [Q_ROSTER_GROUPS_DEL] = "DELETE FROM roster_groups"
+                            " WHERE host = ?1 AND username = ?2 AND jid = ?3",
+    [Q_ROSTER_GROUP_ADD] = "INSERT INTO roster_groups (host, username, jid, pos, grp)"
+                           " VALUES (?1, ?2, ?3, ?4, ?5)",
+    /* roster_groups rows go with it (ON DELETE CASCADE). */
+    [Q_ROSTER_PURGE] = "DELETE FROM roster WHERE host = ?1 AND username = ?2 AND jid = ?3",
+    /* Count and insert in one statement, so one implicit transaction: two
+     * writers cannot both see room for the last message. ?5 = 0: no quota. */
+    [Q_OFFLINE_PUSH] = "INSERT INTO offline (host, username, xml, stored)"
+                       " SELECT ?1, ?2, ?3, ?4 WHERE ?5 = 0 OR"
+                       " (SELECT count(*) FROM offline WHERE host = ?1 AND username = ?2) < ?5",
+    [Q_OFFLINE_LIST] = "SELECT id, xml FROM offline WHERE host = ?1 AND username = ?2"
+                       " ORDER BY id",
+    [Q_OFFLINE_DELETE] = "DELETE FROM offline WHERE host = ?1 AND username = ?2 AND id <= ?3",
+    [Q_OFFLINE_COUNT] = "SELECT count(*) FROM offline WHERE host = ?1 AND username = ?2",
+    [Q_KV_GET] = "SELECT val FROM kv WHERE host = ?1 AND username = ?2 AND store = ?3"
+                 " AND key = ?4",
+    /* The new seq is one past the newest of the store, whether the key is
+     * new or replaced, so a replaced key becomes the newest. One statement,
+     * so the max cannot change between reading it and writing it. */
+    [Q_KV_PUT] = "INSERT INTO kv (host, username, store, key, val, seq)"
+                 " VALUES (?1, ?2, ?3, ?4, ?5, (SELECT coalesce(max(seq), 0) + 1 FROM kv"
+                 " WHERE host = ?1 AND username = ?2 AND store = ?3))"
+                 " ON CONFLICT (host, username, store, key) DO UPDATE SET"
+                 " val = excluded.val, seq = excluded.seq",
+    [Q_KV_DEL] = "DELETE FROM kv WHERE host = ?1 AND username = ?2 AND store = ?3 AND key = ?4",
+    [Q_KV_DEL_STORE] = "DELETE FROM kv WHERE host = ?1 AND username = ?2 AND store = ?3",
+    [Q_KV_LIST] = "SELECT key, val FROM kv WHERE host = ?1 AND username = ?2 AND store = ?3"
+                  " ORDER BY seq",
+    /* The subquery is the seq of the newest entry not kept (NULL when there
+     * are no more than ?4 entries, and then nothing matches). */
+    [Q_KV_TRIM] = "DELETE FROM kv WHERE host = ?1 AND username = ?2 AND store = ?3 AND seq <="
+                  " (SELECT seq FROM kv WHERE host = ?1 AND username = ?2 AND store = ?3"
+                  " ORDER BY seq DESC LIMIT 1 OFFSET ?4)",
 };
 
 typedef struct sq_handle {
@@ -265,6 +444,15 @@ static int sq_open(void **out, const char *dsn, char *err, size_t errlen)
         snprintf(err, errlen, "%s: setting pragmas: %s", dsn, msg ? msg : "?");
         goto fail;
     }
+    /* The pragma is silently ignored by a SQLite built without foreign keys;
+     * then user_delete would leave everything the user owned behind. */
+    rc = sqlite3_prepare_v2(h->db, "PRAGMA foreign_keys", -1, &st, NULL);
+    if (rc != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW || sqlite3_column_int(st, 0) != 1) {
+        snprintf(err, errlen, "%s: this SQLite does not enforce foreign keys", dsn);
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
     if (sq_migrate(h->db, err, errlen) < 0) goto fail;
     for (int i = 0; i < Q_COUNT; i++) {
         if (sqlite3_prepare_v3(h->db, queries[i], -1, SQLITE_PREPARE_PERSISTENT, &h->q[i], NULL) !=
@@ -355,7 +543,7 @@ static int sq_user_get(void *hp, const char *host, const char *user, st_user_cre
 {
     sq_handle *h = hp;
     sqlite3_stmt *st = sq_stmt(h, Q_USER_GET);
-    int ret = -1, rc;
+    int ret = -1, rc = 0;
 
     if (sq_bind_key(st, host, user) < 0) {
         sq_fail(h, "looking up a user");
@@ -469,6 +657,649 @@ done:
     return n;
 }
 
+/* ---- helpers for the per-user tables ---- */
+
+/* Run a cached statement that returns no rows (BEGIN, COMMIT, ROLLBACK). */
+static int sq_run(sq_handle *h, int which)
+{
+    sqlite3_stmt *st = sq_stmt(h, which);
+    int rc = sqlite3_step(st);
+    sq_done(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* Log a failed write. A foreign key failure is the one a caller can cause
+ * (writing for a user who does not exist, or was just deleted), so it gets
+ * words a reader understands. Call before ROLLBACK, which resets errmsg. */
+static void sq_write_fail(const sq_handle *h, const char *host, const char *user,
+                          const char *while_doing)
+{
+    if (sqlite3_extended_errcode(h->db) == SQLITE_CONSTRAINT_FOREIGNKEY)
+        st_error("storage", "sqlite %s: no such user %s@%s, while %s", h->path, user, host,
+                 while_doing);
+    else
+        sq_fail(h, while_doing);
+}
+
+static void sq_bad_args(const sq_handle *h, const char *while_doing)
+{
+    st_error("storage", "sqlite %s: invalid arguments, while %s", h->path, while_doing);
+}
+
+static int sq_bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    int rc = s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+/* Bind len bytes as a BLOB. SQLite binds NULL for a NULL pointer whatever
+ * the length, so an empty value gets a non-NULL pointer and stays a BLOB.
+ * Too big for SQLite (SQLITE_MAX_LENGTH) fails here with SQLITE_TOOBIG. */
+static int sq_bind_bytes(sqlite3_stmt *st, int i, const char *p, size_t len)
+{
+    if (!p && len) return -1;
+    return sqlite3_bind_blob64(st, i, len ? p : "", len, SQLITE_STATIC) == SQLITE_OK ? 0 : -1;
+}
+
+/* A count from our callers as an SQLite integer (which is signed). */
+static sqlite3_int64 sq_int64(size_t n)
+{
+    return n > (uint64_t)INT64_MAX ? INT64_MAX : (sqlite3_int64)n;
+}
+
+static int sq_clamp_int(sqlite3_int64 n)
+{
+    return n > INT_MAX ? INT_MAX : (int)n;
+}
+
+/* A column's value as NUL-terminated bytes (SQLite adds the NUL when it
+ * converts to text) and their length, valid until the next step or reset.
+ * NULL for SQL NULL, which none of our value columns may hold, or when
+ * SQLite runs out of memory converting. */
+static const char *sq_column_bytes(sqlite3_stmt *st, int col, size_t *len)
+{
+    if (sqlite3_column_type(st, col) == SQLITE_NULL) return NULL;
+    const char *p = (const char *)sqlite3_column_text(st, col);
+    int n = sqlite3_column_bytes(st, col);
+    if (!p) {
+        if (n != 0) return NULL; /* out of memory */
+        p = "";                  /* an empty value may come back as NULL */
+    }
+    *len = (size_t)n;
+    return p;
+}
+
+/* Make room for element n of an array that grows by doubling: the capacity
+ * is the smallest power of two >= n, so it is full exactly when n is a power
+ * of two (or 0) and needs no field of its own. The array, moved or not, or
+ * NULL on overflow or out of memory (the old one is still valid). */
+static void *sq_grow(void *arr, size_t n, size_t size)
+{
+    if (n & (n - 1)) return arr;
+    size_t cap = n ? n * 2 : 1;
+    if (cap > SIZE_MAX / size) return NULL;
+    return st_realloc(arr, cap * size);
+}
+
+/* ---- roster ---- */
+
+static int sq_column_strdup(sqlite3_stmt *st, int col, char **out)
+{
+    *out = NULL;
+    if (sqlite3_column_type(st, col) == SQLITE_NULL) return 0;
+    const char *s = (const char *)sqlite3_column_text(st, col);
+    if (!s || !(*out = st_strdup(s))) return -1;
+    return 0;
+}
+
+/* Fill it from the roster columns of the current row (groups aside).
+ * On failure it is left empty. */
+static int sq_roster_row(const sq_handle *h, sqlite3_stmt *st, st_roster_item *it)
+{
+    sqlite3_int64 sub = sqlite3_column_int64(st, 2);
+
+    memset(it, 0, sizeof *it);
+    if (sub < ST_SUB_NONE || sub > ST_SUB_BOTH) {
+        st_error("storage", "sqlite %s: damaged roster row (subscription %lld)", h->path,
+                 (long long)sub);
+        return -1;
+    }
+    if (sq_column_strdup(st, 0, &it->jid) < 0 || !it->jid ||
+        sq_column_strdup(st, 1, &it->name) < 0 || sq_column_strdup(st, 8, &it->pending_in_xml) < 0)
+        goto fail;
+    it->sub = (st_sub)sub;
+    it->ask_out = sqlite3_column_int64(st, 3) != 0;
+    it->pending_in = sqlite3_column_int64(st, 4) != 0;
+    it->approved = sqlite3_column_int64(st, 5) != 0;
+    it->in_roster = sqlite3_column_int64(st, 6) != 0;
+    it->removed = sqlite3_column_int64(st, 7) != 0;
+    it->ver = sqlite3_column_int64(st, 9);
+    return 0;
+fail:
+    st_error("storage", "sqlite %s: out of memory or damaged row, while reading a roster", h->path);
+    st_roster_item_free(it);
+    return -1;
+}
+
+/* Step a SQ_ROSTER_SELECT query to the end, appending its contacts to
+ * *items / *n. The rows of one contact are adjacent, one per group. On
+ * failure what was read so far stays in *items for the caller to free. */
+static int sq_roster_collect(sq_handle *h, sqlite3_stmt *st, st_roster_item **items, size_t *n)
+{
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *jid = (const char *)sqlite3_column_text(st, 0);
+        st_roster_item *it = *n ? &(*items)[*n - 1] : NULL;
+        if (!jid) {
+            st_error("storage", "sqlite %s: damaged roster row (no JID)", h->path);
+            return -1;
+        }
+        if (!it || strcmp(it->jid, jid) != 0) {
+            st_roster_item *grown = sq_grow(*items, *n, sizeof **items);
+            if (!grown) goto oom;
+            *items = grown;
+            it = &grown[*n];
+            if (sq_roster_row(h, st, it) < 0) return -1;
+            (*n)++;
+        }
+        if (sqlite3_column_type(st, 10) != SQLITE_NULL) {
+            const char *g = (const char *)sqlite3_column_text(st, 10);
+            char **groups = sq_grow(it->groups, it->ngroups, sizeof *it->groups);
+            if (!g || !groups) goto oom;
+            it->groups = groups;
+            if (!(groups[it->ngroups] = st_strdup(g))) goto oom;
+            it->ngroups++;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        sq_fail(h, "reading a roster");
+        return -1;
+    }
+    return 0;
+oom:
+    st_error("storage", "sqlite %s: out of memory, while reading a roster", h->path);
+    return -1;
+}
+
+static int sq_roster_get(void *hp, const char *host, const char *user, int tombstones,
+                         st_roster_item **items, size_t *n, long long *version)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    st_roster_item *list = NULL;
+    size_t count = 0;
+    long long ver = 0;
+    int in_tx = 0, ret = -1, rc = 0;
+
+    if (!host || !user || !items || !n) {
+        sq_bad_args(h, "reading a roster");
+        return -1;
+    }
+    /* One read transaction, so the version and the rows are one snapshot
+     * even if another process writes between the two statements. */
+    if (sq_run(h, Q_BEGIN_READ) < 0) {
+        sq_fail(h, "reading a roster");
+        goto done;
+    }
+    in_tx = 1;
+    st = sq_stmt(h, Q_ROSTER_VERSION);
+    if (sq_bind_key(st, host, user) < 0 ||
+        ((rc = sqlite3_step(st)) != SQLITE_ROW && rc != SQLITE_DONE)) {
+        sq_fail(h, "reading a roster version");
+        goto done;
+    }
+    if (rc == SQLITE_ROW) ver = sqlite3_column_int64(st, 0);
+    sq_done(st);
+    st = sq_stmt(h, Q_ROSTER_GET);
+    if (sq_bind_key(st, host, user) < 0 || sqlite3_bind_int(st, 3, tombstones != 0) != SQLITE_OK) {
+        sq_fail(h, "reading a roster");
+        goto done;
+    }
+    if (sq_roster_collect(h, st, &list, &count) < 0) goto done;
+    sq_done(st);
+    st = NULL;
+    if (sq_run(h, Q_COMMIT) < 0) {
+        sq_fail(h, "reading a roster");
+        goto done;
+    }
+    in_tx = 0;
+    *items = list;
+    *n = count;
+    if (version) *version = ver;
+    list = NULL;
+    count = 0;
+    ret = 0;
+done:
+    if (st) sq_done(st);
+    if (in_tx) sq_run(h, Q_ROLLBACK);
+    st_roster_items_free(list, count);
+    return ret;
+}
+
+static int sq_roster_get_item(void *hp, const char *host, const char *user, const char *jid,
+                              st_roster_item *out)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    st_roster_item *list = NULL;
+    size_t count = 0;
+    int ret = -1;
+
+    if (!host || !user || !jid || !out) {
+        sq_bad_args(h, "reading a roster item");
+        return -1;
+    }
+    st = sq_stmt(h, Q_ROSTER_GET_ITEM);
+    if (sq_bind_key(st, host, user) < 0 || sq_bind_text(st, 3, jid) < 0) {
+        sq_fail(h, "reading a roster item");
+        goto done;
+    }
+    if (sq_roster_collect(h, st, &list, &count) < 0) goto done;
+    if (count > 0) {
+        /* Move the first out; the primary key makes it the only one. */
+        *out = list[0];
+        memset(&list[0], 0, sizeof list[0]);
+        ret = 1;
+    } else {
+        ret = 0;
+    }
+done:
+    sq_done(st);
+    st_roster_items_free(list, count);
+    return ret;
+}
+
+static int sq_roster_item_valid(const st_roster_item *it)
+{
+    if (!it || !it->jid || (unsigned)it->sub > ST_SUB_BOTH) return 0;
+    if (it->ngroups && !it->groups) return 0;
+    for (size_t i = 0; i < it->ngroups; i++)
+        if (!it->groups[i]) return 0;
+    return 1;
+}
+
+static int sq_roster_put(void *hp, const char *host, const char *user, const st_roster_item *it,
+                         size_t max_items, long long *version)
+{
+    static const char what[] = "storing a roster item";
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    long long ver;
+    int in_tx = 0, ret = -1;
+
+    if (!host || !user || !sq_roster_item_valid(it)) {
+        sq_bad_args(h, what);
+        return -1;
+    }
+    if (sq_run(h, Q_BEGIN_WRITE) < 0) {
+        sq_fail(h, what);
+        goto done;
+    }
+    in_tx = 1;
+    /* The quota is on visible items; only a put that makes a contact
+     * visible which was not can go beyond it. Everything else (changing an
+     * item, storing a request or a tombstone) is always allowed. */
+    if (max_items > 0 && it->in_roster && !it->removed) {
+        st = sq_stmt(h, Q_ROSTER_VISIBLE);
+        if (sq_bind_key(st, host, user) < 0 || sq_bind_text(st, 3, it->jid) < 0 ||
+            sqlite3_step(st) != SQLITE_ROW) {
+            sq_fail(h, what);
+            goto done;
+        }
+        sqlite3_int64 visible = sqlite3_column_int64(st, 0);
+        int already = sqlite3_column_int64(st, 1) != 0;
+        sq_done(st);
+        st = NULL;
+        if (!already && visible >= sq_int64(max_items)) {
+            ret = 1; /* nothing written: the rollback below ends the transaction */
+            goto done;
+        }
+    }
+    st = sq_stmt(h, Q_ROSTER_BUMP);
+    if (sq_bind_key(st, host, user) < 0 || sqlite3_step(st) != SQLITE_ROW) {
+        sq_write_fail(h, host, user, what);
+        goto done;
+    }
+    ver = sqlite3_column_int64(st, 0);
+    /* RETURNING: the statement is only finished when stepped to the end. */
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        sq_fail(h, what);
+        goto done;
+    }
+    sq_done(st);
+    st = sq_stmt(h, Q_ROSTER_PUT);
+    if (sq_bind_key(st, host, user) < 0 || sq_bind_text(st, 3, it->jid) < 0 ||
+        sq_bind_text(st, 4, it->name) < 0 || sqlite3_bind_int(st, 5, (int)it->sub) != SQLITE_OK ||
+        sqlite3_bind_int(st, 6, it->ask_out != 0) != SQLITE_OK ||
+        sqlite3_bind_int(st, 7, it->pending_in != 0) != SQLITE_OK ||
+        sqlite3_bind_int(st, 8, it->approved != 0) != SQLITE_OK ||
+        sqlite3_bind_int(st, 9, it->in_roster != 0) != SQLITE_OK ||
+        sqlite3_bind_int(st, 10, it->removed != 0) != SQLITE_OK ||
+        sq_bind_text(st, 11, it->pending_in_xml) < 0 ||
+        sqlite3_bind_int64(st, 12, ver) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE) {
+        sq_write_fail(h, host, user, what);
+        goto done;
+    }
+    sq_done(st);
+    st = sq_stmt(h, Q_ROSTER_GROUPS_DEL);
+    if (sq_bind_key(st, host, user) < 0 || sq_bind_text(st, 3, it->jid) < 0 ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        sq_fail(h, what);
+        goto done;
+    }
+    for (size_t i = 0; i < it->ngroups; i++) {
+        sq_done(st);
+        st = sq_stmt(h, Q_ROSTER_GROUP_ADD);
+        if (sq_bind_key(st, host, user) < 0 || sq_bind_text(st, 3, it->jid) < 0 ||
+            sqlite3_bind_int64(st, 4, sq_int64(i)) != SQLITE_OK ||
+            sq_bind_text(st, 5, it->groups[i]) < 0 || sqlite3_step(st) != SQLITE_DONE) {
+            sq_fail(h, what);
+            goto done;
+        }
+    }
+    sq_done(st);
+    st = NULL;
+    if (sq_run(h, Q_COMMIT) < 0) {
+        sq_fail(h, what);
+        goto done;
+    }
+    in_tx = 0;
+    if (version) *version = ver;
+    ret = 0;
+done:
+    if (st) sq_done(st);
+    if (in_tx) sq_run(h, Q_ROLLBACK);
+    return ret;
+}
+
+static int sq_roster_purge(void *hp, const char *host, const char *user, const char *jid)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+
+    if (!host || !user || !jid) {
+        sq_bad_args(h, "purging a roster item");
+        return -1;
+    }
+    st = sq_stmt(h, Q_ROSTER_PURGE);
+    if (sq_bind_key(st, host, user) < 0 || sq_bind_text(st, 3, jid) < 0 ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        sq_fail(h, "purging a roster item");
+        goto done;
+    }
+    ret = sqlite3_changes(h->db) == 0 ? 1 : 0;
+done:
+    sq_done(st);
+    return ret;
+}
+
+/* ---- offline messages ---- */
+
+static int sq_offline_push(void *hp, const char *host, const char *user, const char *xml,
+                           size_t len, size_t max_count)
+{
+    static const char what[] = "storing an offline message";
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+
+    if (!host || !user || (!xml && len)) {
+        sq_bad_args(h, what);
+        return -1;
+    }
+    st = sq_stmt(h, Q_OFFLINE_PUSH);
+    if (sq_bind_key(st, host, user) < 0 || sq_bind_bytes(st, 3, xml, len) < 0 ||
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)time(NULL)) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 5, sq_int64(max_count)) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        sq_write_fail(h, host, user, what);
+        goto done;
+    }
+    /* The quota condition is the only way the INSERT writes nothing. */
+    ret = sqlite3_changes(h->db) == 0 ? 1 : 0;
+done:
+    sq_done(st);
+    return ret;
+}
+
+static int sq_offline_list(void *hp, const char *host, const char *user,
+                           void (*each)(void *ud, long long id, const char *xml, size_t len),
+                           void *ud)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int n = -1, rc;
+
+    if (!host || !user || !each) {
+        sq_bad_args(h, "listing offline messages");
+        return -1;
+    }
+    st = sq_stmt(h, Q_OFFLINE_LIST);
+    if (sq_bind_key(st, host, user) < 0) {
+        sq_fail(h, "listing offline messages");
+        goto done;
+    }
+    n = 0;
+    /* each() must not call back into this handle: the statement is shared. */
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t len;
+        const char *xml = sq_column_bytes(st, 1, &len);
+        if (!xml) {
+            st_error("storage", "sqlite %s: damaged offline message, while listing them", h->path);
+            n = -1;
+            goto done;
+        }
+        each(ud, sqlite3_column_int64(st, 0), xml, len);
+        if (n < INT_MAX) n++;
+    }
+    if (rc != SQLITE_DONE) {
+        sq_fail(h, "listing offline messages");
+        n = -1;
+    }
+done:
+    sq_done(st);
+    return n;
+}
+
+static int sq_offline_delete(void *hp, const char *host, const char *user, long long upto)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int n = -1;
+
+    if (!host || !user) {
+        sq_bad_args(h, "deleting offline messages");
+        return -1;
+    }
+    st = sq_stmt(h, Q_OFFLINE_DELETE);
+    if (sq_bind_key(st, host, user) < 0 || sqlite3_bind_int64(st, 3, upto) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        sq_fail(h, "deleting offline messages");
+        goto done;
+    }
+    n = sqlite3_changes(h->db);
+done:
+    sq_done(st);
+    return n;
+}
+
+static int sq_offline_count(void *hp, const char *host, const char *user)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int n = -1;
+
+    if (!host || !user) {
+        sq_bad_args(h, "counting offline messages");
+        return -1;
+    }
+    st = sq_stmt(h, Q_OFFLINE_COUNT);
+    if (sq_bind_key(st, host, user) < 0 || sqlite3_step(st) != SQLITE_ROW) {
+        sq_fail(h, "counting offline messages");
+        goto done;
+    }
+    n = sq_clamp_int(sqlite3_column_int64(st, 0));
+done:
+    sq_done(st);
+    return n;
+}
+
+/* ---- keyed data ---- */
+
+static int sq_bind_store(sqlite3_stmt *st, const char *host, const char *user, const char *store)
+{
+    return sq_bind_key(st, host, user) < 0 || sq_bind_text(st, 3, store) < 0 ? -1 : 0;
+}
+
+static int sq_kv_get(void *hp, const char *host, const char *user, const char *store,
+                     const char *key, char **val, size_t *len)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int ret = -1, rc = 0;
+
+    if (!host || !user || !store || !key || !val) {
+        sq_bad_args(h, "reading keyed data");
+        return -1;
+    }
+    st = sq_stmt(h, Q_KV_GET);
+    if (sq_bind_store(st, host, user, store) < 0 || sq_bind_text(st, 4, key) < 0 ||
+        ((rc = sqlite3_step(st)) != SQLITE_ROW && rc != SQLITE_DONE)) {
+        sq_fail(h, "reading keyed data");
+        goto done;
+    }
+    if (rc == SQLITE_DONE) {
+        ret = 0;
+        goto done;
+    }
+    size_t n;
+    const char *p = sq_column_bytes(st, 0, &n);
+    char *copy = p && n < SIZE_MAX ? st_malloc(n + 1) : NULL;
+    if (!copy) {
+        st_error("storage", "sqlite %s: out of memory or damaged value, while reading keyed data",
+                 h->path);
+        goto done;
+    }
+    memcpy(copy, p, n + 1); /* with SQLite's NUL */
+    *val = copy;
+    if (len) *len = n;
+    ret = 1;
+done:
+    sq_done(st);
+    return ret;
+}
+
+static int sq_kv_put(void *hp, const char *host, const char *user, const char *store,
+                     const char *key, const char *val, size_t len)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+
+    if (!host || !user || !store || !key || (!val && len)) {
+        sq_bad_args(h, "storing keyed data");
+        return -1;
+    }
+    st = sq_stmt(h, Q_KV_PUT);
+    if (sq_bind_store(st, host, user, store) < 0 || sq_bind_text(st, 4, key) < 0 ||
+        sq_bind_bytes(st, 5, val, len) < 0 || sqlite3_step(st) != SQLITE_DONE) {
+        sq_write_fail(h, host, user, "storing keyed data");
+        goto done;
+    }
+    ret = 0;
+done:
+    sq_done(st);
+    return ret;
+}
+
+static int sq_kv_del(void *hp, const char *host, const char *user, const char *store,
+                     const char *key)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+
+    if (!host || !user || !store) {
+        sq_bad_args(h, "deleting keyed data");
+        return -1;
+    }
+    st = sq_stmt(h, key ? Q_KV_DEL : Q_KV_DEL_STORE);
+    if (sq_bind_store(st, host, user, store) < 0 || (key && sq_bind_text(st, 4, key) < 0) ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        sq_fail(h, "deleting keyed data");
+        goto done;
+    }
+    ret = sqlite3_changes(h->db) == 0 ? 1 : 0;
+done:
+    sq_done(st);
+    return ret;
+}
+
+static int sq_kv_list(void *hp, const char *host, const char *user, const char *store,
+                      void (*each)(void *ud, const char *key, const char *val, size_t len),
+                      void *ud)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int n = -1, rc;
+
+    if (!host || !user || !store || !each) {
+        sq_bad_args(h, "listing keyed data");
+        return -1;
+    }
+    st = sq_stmt(h, Q_KV_LIST);
+    if (sq_bind_store(st, host, user, store) < 0) {
+        sq_fail(h, "listing keyed data");
+        goto done;
+    }
+    n = 0;
+    /* each() must not call back into this handle: the statement is shared. */
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t len;
+        const char *key = (const char *)sqlite3_column_text(st, 0);
+        const char *val = sq_column_bytes(st, 1, &len);
+        if (!key || !val) {
+            st_error("storage", "sqlite %s: damaged keyed data, while listing it", h->path);
+            n = -1;
+            goto done;
+        }
+        each(ud, key, val, len);
+        if (n < INT_MAX) n++;
+    }
+    if (rc != SQLITE_DONE) {
+        sq_fail(h, "listing keyed data");
+        n = -1;
+    }
+done:
+    sq_done(st);
+    return n;
+}
+
+static int sq_kv_trim(void *hp, const char *host, const char *user, const char *store, size_t keep)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int n = -1;
+
+    if (!host || !user || !store) {
+        sq_bad_args(h, "trimming keyed data");
+        return -1;
+    }
+    st = sq_stmt(h, Q_KV_TRIM);
+    if (sq_bind_store(st, host, user, store) < 0 ||
+        sqlite3_bind_int64(st, 4, sq_int64(keep)) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        sq_fail(h, "trimming keyed data");
+        goto done;
+    }
+    n = sqlite3_changes(h->db);
+done:
+    sq_done(st);
+    return n;
+}
+
 const st_store_ops st_store_sqlite = {
     .name = "sqlite",
     .open = sq_open,
@@ -479,4 +1310,17 @@ const st_store_ops st_store_sqlite = {
     .user_set_creds = sq_user_set_creds,
     .user_delete = sq_user_delete,
     .user_list = sq_user_list,
+    .roster_get = sq_roster_get,
+    .roster_get_item = sq_roster_get_item,
+    .roster_put = sq_roster_put,
+    .roster_purge = sq_roster_purge,
+    .offline_push = sq_offline_push,
+    .offline_list = sq_offline_list,
+    .offline_delete = sq_offline_delete,
+    .offline_count = sq_offline_count,
+    .kv_get = sq_kv_get,
+    .kv_put = sq_kv_put,
+    .kv_del = sq_kv_del,
+    .kv_list = sq_kv_list,
+    .kv_trim = sq_kv_trim,
 };

@@ -24,6 +24,33 @@ typedef struct st_user_creds {
 /* Derive both credentials from a password (random salts, default iterations). */
 int st_user_creds_make(st_user_creds *out, const char *password);
 
+/* ---- rosters (RFC 6121 §2, versioning XEP-0237) ---- */
+typedef enum { ST_SUB_NONE = 0, ST_SUB_TO = 1, ST_SUB_FROM = 2, ST_SUB_BOTH = 3 } st_sub;
+
+/* One contact of one user. Besides the visible roster items, the same row
+ * carries subscription state the client does not see as an item: a stored
+ * inbound request from a contact who is not in the roster (in_roster = 0,
+ * pending_in = 1), and tombstones of removed items (removed = 1) kept so
+ * that a client with an old roster version gets "remove" pushes. */
+typedef struct st_roster_item {
+    char *jid;        /* bare contact JID, normalised (owned) */
+    char *name;       /* NULL if none (owned) */
+    char **groups;    /* owned, ngroups entries */
+    size_t ngroups;
+    st_sub sub;
+    int ask_out;      /* we sent subscribe, no answer yet (ask='subscribe') */
+    int pending_in;   /* the contact asked to subscribe to us, not answered */
+    int approved;     /* pre-approved (RFC 6121 §3.4) */
+    int in_roster;    /* a visible roster item */
+    int removed;      /* tombstone */
+    char *pending_in_xml; /* the stored subscribe stanza, NULL if none (owned) */
+    long long ver;    /* roster version at which this row last changed */
+} st_roster_item;
+
+void st_roster_item_free(st_roster_item *it);          /* frees the members, not it */
+void st_roster_items_free(st_roster_item *items, size_t n); /* frees members and array */
+int st_roster_item_copy(st_roster_item *dst, const st_roster_item *src); /* 0 or -1 */
+
 typedef struct st_store_ops {
     const char *name; /* "sqlite" */
     /* dsn: for sqlite, the database file path. 0 or -1 with a message in err. */
@@ -36,11 +63,63 @@ typedef struct st_store_ops {
     int (*user_create)(void *h, const char *host, const char *user, const st_user_creds *c);
     /* 0 changed, 1 no such user, -1 error */
     int (*user_set_creds)(void *h, const char *host, const char *user, const st_user_creds *c);
-    /* 0 deleted (with everything the user owns), 1 no such user, -1 error */
+    /* 0 deleted (with everything the user owns: roster, offline messages,
+     * keyed data), 1 no such user, -1 error */
     int (*user_delete)(void *h, const char *host, const char *user);
     /* Calls each() for every user of host, in name order. Count or -1. */
     int (*user_list)(void *h, const char *host, void (*each)(void *ud, const char *user),
                      void *ud);
+
+    /* -- roster -- */
+    /* Every row of the user's roster (visible items, pending-in holders and,
+     * with tombstones = 1, removed items), in contact JID order, and the
+     * current roster version (0 for an empty roster). *items is an array
+     * the caller frees with st_roster_items_free. 0 or -1. */
+    int (*roster_get)(void *h, const char *host, const char *user, int tombstones,
+                      st_roster_item **items, size_t *n, long long *version);
+    /* One row (any state), 1 found, 0 not found (out untouched), -1 error. */
+    int (*roster_get_item)(void *h, const char *host, const char *user, const char *jid,
+                           st_roster_item *out);
+    /* Insert or replace the row for it->jid; the roster version goes up by one
+     * and becomes the row's ver; *version gets it. A row with removed = 1 is
+     * stored as a tombstone. max_items > 0 refuses a new visible item beyond
+     * that many (returns 1). 0, 1 or -1. */
+    int (*roster_put)(void *h, const char *host, const char *user, const st_roster_item *it,
+                      size_t max_items, long long *version);
+    /* Forget a row entirely (no tombstone): 0, 1 if absent, -1. */
+    int (*roster_purge)(void *h, const char *host, const char *user, const char *jid);
+
+    /* -- offline messages (XEP-0160) -- */
+    /* Append one stanza (serialised XML). max_count > 0 refuses beyond that
+     * many stored for the user (returns 1). 0, 1 or -1. */
+    int (*offline_push)(void *h, const char *host, const char *user, const char *xml, size_t len,
+                        size_t max_count);
+    /* Calls each() for every stored stanza, oldest first, with its id.
+     * Count or -1. */
+    int (*offline_list)(void *h, const char *host, const char *user,
+                        void (*each)(void *ud, long long id, const char *xml, size_t len),
+                        void *ud);
+    /* Delete stored stanzas with id <= upto. Count deleted or -1. */
+    int (*offline_delete)(void *h, const char *host, const char *user, long long upto);
+    int (*offline_count)(void *h, const char *host, const char *user);
+
+    /* -- per-user keyed data: vCards, private XML, PEP nodes and items,
+     *    blocklists, last activity. store names a namespace of keys. -- */
+    /* 1 found (*val owned by the caller, NUL-terminated), 0 not found, -1. */
+    int (*kv_get)(void *h, const char *host, const char *user, const char *store,
+                  const char *key, char **val, size_t *len);
+    /* Insert or replace; a replaced key becomes the newest. 0 or -1. */
+    int (*kv_put)(void *h, const char *host, const char *user, const char *store,
+                  const char *key, const char *val, size_t len);
+    /* 0 deleted, 1 absent, -1. key NULL deletes the whole store. */
+    int (*kv_del)(void *h, const char *host, const char *user, const char *store,
+                  const char *key);
+    /* Calls each() oldest first (by last put). Count or -1. */
+    int (*kv_list)(void *h, const char *host, const char *user, const char *store,
+                   void (*each)(void *ud, const char *key, const char *val, size_t len),
+                   void *ud);
+    /* Keep only the newest keep entries of the store. Count deleted or -1. */
+    int (*kv_trim)(void *h, const char *host, const char *user, const char *store, size_t keep);
 } st_store_ops;
 
 extern const st_store_ops st_store_sqlite;

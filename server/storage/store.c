@@ -56,6 +56,66 @@ int st_user_creds_make(st_user_creds *out, const char *password)
     return 0;
 }
 
+/* ---- roster items ---- */
+
+void st_roster_item_free(st_roster_item *it)
+{
+    if (!it) return;
+    st_free(it->jid);
+    st_free(it->name);
+    for (size_t i = 0; i < it->ngroups; i++)
+        st_free(it->groups[i]);
+    st_free(it->groups);
+    st_free(it->pending_in_xml);
+    /* Empty, not dangling: freeing it again or reusing it is harmless. */
+    memset(it, 0, sizeof *it);
+}
+
+void st_roster_items_free(st_roster_item *items, size_t n)
+{
+    if (!items) return;
+    for (size_t i = 0; i < n; i++)
+        st_roster_item_free(&items[i]);
+    st_free(items);
+}
+
+/* NULL stays NULL; anything else is duplicated. */
+static int dup_opt(char **dst, const char *src)
+{
+    *dst = NULL;
+    if (!src) return 0;
+    return (*dst = st_strdup(src)) ? 0 : -1;
+}
+
+int st_roster_item_copy(st_roster_item *dst, const st_roster_item *src)
+{
+    memset(dst, 0, sizeof *dst);
+    if (!src || (src->ngroups && !src->groups)) return -1;
+    /* Scalars first; the owned members are replaced below. */
+    *dst = *src;
+    dst->jid = dst->name = dst->pending_in_xml = NULL;
+    dst->groups = NULL;
+    dst->ngroups = 0;
+    if (dup_opt(&dst->jid, src->jid) < 0 || dup_opt(&dst->name, src->name) < 0 ||
+        dup_opt(&dst->pending_in_xml, src->pending_in_xml) < 0)
+        goto fail;
+    if (src->ngroups) {
+        if (src->ngroups > SIZE_MAX / sizeof *dst->groups) goto fail;
+        dst->groups = st_calloc(src->ngroups, sizeof *dst->groups);
+        if (!dst->groups) goto fail;
+        /* ngroups counts what is copied, so free() after a failure sees
+         * only real strings. */
+        for (; dst->ngroups < src->ngroups; dst->ngroups++)
+            if (!src->groups[dst->ngroups] ||
+                !(dst->groups[dst->ngroups] = st_strdup(src->groups[dst->ngroups])))
+                goto fail;
+    }
+    return 0;
+fail:
+    st_roster_item_free(dst);
+    return -1;
+}
+
 /* ---- asynchronous front ---- */
 
 typedef struct st_job {

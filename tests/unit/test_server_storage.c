@@ -3,7 +3,10 @@
  * Each test works on a fresh database in its own temporary directory. The
  * async tests check the two promises the event loop relies on: work runs on
  * the storage thread, completions come back in order on the thread that
- * calls st_storage_dispatch(). */
+ * calls st_storage_dispatch(). The per-user tests (roster, offline
+ * messages, keyed data) are named after the requirement they check, and
+ * feed the store the awkward inputs: NUL bytes, invalid UTF-8, a mebibyte,
+ * commas and unicode in group names, rows damaged behind its back. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -20,6 +23,7 @@
 
 #include <sqlite3.h>
 
+#include "starling/alloc.h"
 #include "server/storage/storage.h"
 
 typedef struct fixture {
@@ -311,6 +315,863 @@ static void test_db_file_mode_0600_whatever_the_umask(void **state)
     umask(old);
 }
 
+/* ---- per-user data: roster, offline messages, keyed data ---- */
+
+static const st_store_ops *const ops = &st_store_sqlite;
+
+/* A store with users alice and bob on localhost. */
+static void *open_with_users(const fixture *f)
+{
+    void *h = open_store(f);
+    st_user_creds c;
+    make_creds(&c, "pw");
+    assert_int_equal(ops->user_create(h, "localhost", "alice", &c), 0);
+    assert_int_equal(ops->user_create(h, "localhost", "bob", &c), 0);
+    return h;
+}
+
+static st_roster_item item(const char *jid, int in_roster, int removed)
+{
+    return (st_roster_item){
+        .jid = (char *)jid, .sub = ST_SUB_BOTH, .in_roster = in_roster, .removed = removed};
+}
+
+static void assert_opt_string_equal(const char *a, const char *b)
+{
+    if (!a || !b)
+        assert_ptr_equal(a, b);
+    else
+        assert_string_equal(a, b);
+}
+
+static void assert_roster_item_equal(const st_roster_item *got, const st_roster_item *want)
+{
+    assert_string_equal(got->jid, want->jid);
+    assert_opt_string_equal(got->name, want->name);
+    assert_int_equal(got->ngroups, want->ngroups);
+    for (size_t i = 0; i < want->ngroups; i++)
+        assert_string_equal(got->groups[i], want->groups[i]);
+    assert_int_equal(got->sub, want->sub);
+    assert_int_equal(!!got->ask_out, !!want->ask_out);
+    assert_int_equal(!!got->pending_in, !!want->pending_in);
+    assert_int_equal(!!got->approved, !!want->approved);
+    assert_int_equal(!!got->in_roster, !!want->in_roster);
+    assert_int_equal(!!got->removed, !!want->removed);
+    assert_opt_string_equal(got->pending_in_xml, want->pending_in_xml);
+}
+
+static void test_rfc6121_2_roster_version_increments_on_every_change(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    st_roster_item *items = NULL, got;
+    st_roster_item a = item("a@example.org", 1, 0), b = item("b@example.org", 1, 0);
+    size_t n = 99;
+    long long ver = -1;
+
+    /* Never touched: empty, version 0. */
+    assert_int_equal(ops->roster_get(h, "localhost", "alice", 0, &items, &n, &ver), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(ver, 0);
+
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", &a, 0, &ver), 0);
+    assert_int_equal(ver, 1);
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", &b, 0, &ver), 0);
+    assert_int_equal(ver, 2);
+    a.name = "Alpha";
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", &a, 0, &ver), 0);
+    assert_int_equal(ver, 3);
+
+    /* Each row remembers the version of its last change. */
+    assert_int_equal(ops->roster_get(h, "localhost", "alice", 0, &items, &n, &ver), 0);
+    assert_int_equal(ver, 3);
+    assert_int_equal(n, 2);
+    assert_string_equal(items[0].jid, "a@example.org");
+    assert_int_equal(items[0].ver, 3);
+    assert_string_equal(items[0].name, "Alpha");
+    assert_int_equal(items[1].ver, 2);
+    st_roster_items_free(items, n);
+
+    /* Versions are per user. */
+    assert_int_equal(ops->roster_put(h, "localhost", "bob", &a, 0, &ver), 0);
+    assert_int_equal(ver, 1);
+
+    /* Purging is not a change a client sees: the version stays, and is
+     * never reset (a client's cached version must keep its meaning). */
+    assert_int_equal(ops->roster_purge(h, "localhost", "alice", "a@example.org"), 0);
+    assert_int_equal(ops->roster_purge(h, "localhost", "alice", "a@example.org"), 1);
+    assert_int_equal(ops->roster_purge(h, "localhost", "alice", "b@example.org"), 0);
+    assert_int_equal(ops->roster_get(h, "localhost", "alice", 1, &items, &n, &ver), 0);
+    assert_int_equal(n, 0);
+    assert_null(items);
+    assert_int_equal(ver, 3);
+    assert_int_equal(ops->roster_get_item(h, "localhost", "alice", "a@example.org", &got), 0);
+    ops->close(h);
+
+    /* And it survives a reopen. */
+    h = open_store(f);
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", &a, 0, &ver), 0);
+    assert_int_equal(ver, 4);
+    ops->close(h);
+}
+
+/* Every field comes back as stored, group names byte for byte. */
+static void test_rfc6121_2_roster_item_round_trips_every_field(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    static char long_name[4096];
+    memset(long_name, 'n', sizeof long_name - 1);
+    const st_roster_item cases[] = {
+        {.jid = "plain@example.org"},
+        {.jid = "groups@example.org",
+         .name = "Juliet",
+         .groups = (char *[]){"Friends, Family", "\"quoted\" <x/> & 'apos'", "",
+                              "\xd0\x94\xd1\x80\xd1\x83\xd0\xb7\xd1\x8c\xd1\x8f",
+                              "\xf0\x9f\x8c\xb9 emoji", "Friends, Family"},
+         .ngroups = 6,
+         .sub = ST_SUB_BOTH,
+         .in_roster = 1},
+        {.jid = "caf\xc3\xa9@example.org", .name = long_name, .sub = ST_SUB_TO, .ask_out = 1,
+         .in_roster = 1},
+        {.jid = "asker@example.org",
+         .sub = ST_SUB_NONE,
+         .pending_in = 1,
+         .pending_in_xml = "<presence from='asker@example.org' type='subscribe'><status>hi, "
+                           "\xe4\xbd\xa0\xe5\xa5\xbd</status></presence>"},
+        {.jid = "approved@example.org", .sub = ST_SUB_FROM, .approved = 1, .in_roster = 1},
+        {.jid = "x-removed@example.org", .groups = (char *[]){"old"}, .ngroups = 1,
+         .removed = 1},
+    };
+    const size_t ncases = sizeof cases / sizeof cases[0];
+    st_roster_item *items = NULL, got;
+    size_t n;
+    long long ver;
+
+    for (size_t i = 0; i < ncases; i++)
+        assert_int_equal(ops->roster_put(h, "localhost", "alice", &cases[i], 0, &ver), 0);
+    for (size_t i = 0; i < ncases; i++) {
+        memset(&got, 0, sizeof got);
+        assert_int_equal(ops->roster_get_item(h, "localhost", "alice", cases[i].jid, &got), 1);
+        assert_roster_item_equal(&got, &cases[i]);
+        assert_int_equal(got.ver, (long long)i + 1);
+        st_roster_item_free(&got);
+    }
+    /* In JID order: "approved" < "asker" < "caf\xc3\xa9" < "groups" < "plain" < "x-removed". */
+    assert_int_equal(ops->roster_get(h, "localhost", "alice", 1, &items, &n, &ver), 0);
+    assert_int_equal(n, ncases);
+    const size_t order[] = {4, 3, 2, 1, 0, 5};
+    for (size_t i = 0; i < n; i++)
+        assert_roster_item_equal(&items[i], &cases[order[i]]);
+    st_roster_items_free(items, n);
+
+    /* Replacing a row replaces its groups too, not adds to them. */
+    st_roster_item fewer = cases[1];
+    fewer.ngroups = 1;
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", &fewer, 0, &ver), 0);
+    assert_int_equal(ops->roster_get_item(h, "localhost", "alice", fewer.jid, &got), 1);
+    assert_roster_item_equal(&got, &fewer);
+    st_roster_item_free(&got);
+    ops->close(h);
+}
+
+static void test_xep0237_tombstones_returned_only_when_asked(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    st_roster_item *items = NULL;
+    st_roster_item visible = item("a@example.org", 1, 0), gone = item("b@example.org", 1, 0);
+    st_roster_item asker = item("c@example.org", 0, 0);
+    size_t n;
+    long long ver, removed_at;
+    asker.pending_in = 1;
+    asker.sub = ST_SUB_NONE;
+
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", &visible, 0, &ver), 0);
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", &gone, 0, &ver), 0);
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", &asker, 0, &ver), 0);
+    gone.removed = 1;
+    gone.in_roster = 0;
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", &gone, 0, &removed_at), 0);
+    assert_int_equal(removed_at, 4);
+
+    /* Without tombstones: the visible item and the pending-in holder. */
+    assert_int_equal(ops->roster_get(h, "localhost", "alice", 0, &items, &n, &ver), 0);
+    assert_int_equal(ver, 4);
+    assert_int_equal(n, 2);
+    assert_string_equal(items[0].jid, "a@example.org");
+    assert_string_equal(items[1].jid, "c@example.org");
+    assert_false(items[1].in_roster);
+    assert_true(items[1].pending_in);
+    st_roster_items_free(items, n);
+
+    /* With them, the removal and the version it happened at, so a client
+     * holding version 2 can be sent a remove push. */
+    assert_int_equal(ops->roster_get(h, "localhost", "alice", 1, &items, &n, &ver), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(items[1].jid, "b@example.org");
+    assert_true(items[1].removed);
+    assert_int_equal(items[1].ver, removed_at);
+    st_roster_items_free(items, n);
+    ops->close(h);
+}
+
+/* max_items = 2; each step: the row put, and what roster_put answers. */
+static void test_rfc6121_roster_quota_refuses_new_visible_item_beyond_max(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    static const struct {
+        const char *jid;
+        int in_roster, removed, pending_in;
+        int want;
+    } steps[] = {
+        {"a@x", 1, 0, 0, 0},
+        {"b@x", 1, 0, 0, 0},
+        {"c@x", 1, 0, 0, 1}, /* a third visible item */
+        {"c@x", 0, 0, 1, 0}, /* an inbound request is not a visible item */
+        {"c@x", 1, 0, 1, 1}, /* turning it into one is */
+        {"a@x", 1, 0, 0, 0}, /* changing a visible item always works */
+        {"d@x", 0, 1, 0, 0}, /* so does storing a tombstone */
+        {"b@x", 0, 1, 0, 0}, /* removing b makes room */
+        {"c@x", 1, 0, 0, 0},
+        {"b@x", 1, 0, 0, 1}, /* reviving a tombstone counts as new */
+    };
+    long long ver = 0, last = 0;
+    int nok = 0;
+
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        st_roster_item it = item(steps[i].jid, steps[i].in_roster, steps[i].removed);
+        it.pending_in = steps[i].pending_in;
+        long long before = ver;
+        int rc = ops->roster_put(h, "localhost", "alice", &it, 2, &ver);
+        if (rc != steps[i].want) fail_msg("step %zu (%s): got %d, want %d", i, it.jid, rc,
+                                          steps[i].want);
+        if (rc == 0) {
+            assert_int_equal(ver, last + 1);
+            last = ver;
+            nok++;
+        } else {
+            assert_int_equal(ver, before); /* refused: nothing written, no bump */
+        }
+    }
+    st_roster_item *items = NULL;
+    size_t n;
+    assert_int_equal(ops->roster_get(h, "localhost", "alice", 0, &items, &n, &ver), 0);
+    assert_int_equal(ver, nok);
+    size_t visible = 0;
+    for (size_t i = 0; i < n; i++)
+        visible += items[i].in_roster && !items[i].removed;
+    assert_int_equal(visible, 2);
+    st_roster_items_free(items, n);
+    ops->close(h);
+}
+
+static void test_roster_rejects_bad_input_and_unknown_users(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    st_roster_item got = {.jid = "sentinel"}, *items = NULL;
+    long long ver = 42;
+    size_t n;
+    const st_roster_item bad[] = {
+        {.jid = NULL},
+        {.jid = "a@x", .sub = (st_sub)7},
+        {.jid = "a@x", .sub = (st_sub)-1},
+        {.jid = "a@x", .ngroups = 1, .groups = NULL},
+        {.jid = "a@x", .ngroups = 2, .groups = (char *[]){"ok", NULL}},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(ops->roster_put(h, "localhost", "alice", &bad[i], 0, &ver), -1);
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", NULL, 0, &ver), -1);
+    assert_int_equal(ver, 42);
+
+    /* The row belongs to a user; there is none to belong to. */
+    st_roster_item ok = item("a@x", 1, 0);
+    assert_int_equal(ops->roster_put(h, "localhost", "nobody", &ok, 0, &ver), -1);
+    assert_int_equal(ops->roster_put(h, NULL, "alice", &ok, 0, &ver), -1);
+
+    /* Nothing was half-written, and the version did not move. */
+    assert_int_equal(ops->roster_get(h, "localhost", "alice", 1, &items, &n, &ver), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(ver, 0);
+    assert_int_equal(ops->roster_get(h, "localhost", "nobody", 1, &items, &n, &ver), 0);
+    assert_int_equal(n, 0);
+
+    /* Not found leaves out alone. */
+    assert_int_equal(ops->roster_get_item(h, "localhost", "alice", "a@x", &got), 0);
+    assert_string_equal(got.jid, "sentinel");
+    assert_int_equal(ops->roster_get_item(h, "localhost", "alice", NULL, &got), -1);
+    assert_int_equal(ops->roster_purge(h, "localhost", "alice", NULL), -1);
+
+    /* A NULL version pointer is allowed. */
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", &ok, 0, NULL), 0);
+    ops->close(h);
+}
+
+/* A row we did not write is an error, not a crash or a wrong answer. */
+static void test_roster_damaged_row_is_an_error(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    st_roster_item ok = item("a@x", 1, 0), got, *items = NULL;
+    long long ver;
+    size_t n = 0;
+    assert_int_equal(ops->roster_put(h, "localhost", "alice", &ok, 0, &ver), 0);
+    ops->close(h);
+    raw_exec(f->path, "PRAGMA ignore_check_constraints = ON; UPDATE roster SET sub = 9");
+
+    h = open_store(f);
+    assert_int_equal(ops->roster_get(h, "localhost", "alice", 1, &items, &n, &ver), -1);
+    assert_null(items);
+    assert_int_equal(ops->roster_get_item(h, "localhost", "alice", "a@x", &got), -1);
+    ops->close(h);
+}
+
+static void test_st_roster_item_copy_is_deep(void **state)
+{
+    char *jid = strdup("a@x"), *name = strdup("A"), *g0 = strdup("g0"), *xml = strdup("<p/>");
+    char *groups[] = {g0};
+    st_roster_item src = {.jid = jid, .name = name, .groups = groups, .ngroups = 1,
+                          .sub = ST_SUB_TO, .pending_in = 1, .pending_in_xml = xml, .ver = 7};
+    st_roster_item dst;
+    assert_int_equal(st_roster_item_copy(&dst, &src), 0);
+    /* Scribble over the source: the copy must not share any of it. */
+    jid[0] = name[0] = g0[0] = xml[0] = '#';
+    free(jid);
+    free(name);
+    free(g0);
+    free(xml);
+    assert_string_equal(dst.jid, "a@x");
+    assert_string_equal(dst.name, "A");
+    assert_int_equal(dst.ngroups, 1);
+    assert_string_equal(dst.groups[0], "g0");
+    assert_string_equal(dst.pending_in_xml, "<p/>");
+    assert_int_equal(dst.sub, ST_SUB_TO);
+    assert_int_equal(dst.ver, 7);
+    st_roster_item_free(&dst);
+    st_roster_item_free(&dst); /* freed items are empty, so this is harmless */
+    st_roster_items_free(NULL, 3);
+
+    st_roster_item none = {.jid = "b@x"};
+    assert_int_equal(st_roster_item_copy(&dst, &none), 0);
+    assert_null(dst.name);
+    assert_null(dst.groups);
+    st_roster_item_free(&dst);
+}
+
+/* Break the allocator on purpose: count the allocations a call makes, then
+ * fail each in turn; the call must fail cleanly (ASan checks for leaks). */
+static long alloc_budget = -1; /* allocations left before failing; -1 never */
+static long alloc_count;
+
+static void *failing_malloc(size_t n)
+{
+    alloc_count++;
+    if (alloc_budget == 0) return NULL;
+    if (alloc_budget > 0) alloc_budget--;
+    return malloc(n);
+}
+
+static void *failing_realloc(void *p, size_t n)
+{
+    alloc_count++;
+    if (alloc_budget == 0) return NULL;
+    if (alloc_budget > 0) alloc_budget--;
+    return realloc(p, n);
+}
+
+static const st_alloc_hooks failing_hooks = {failing_malloc, failing_realloc, free};
+
+static void test_roster_reads_survive_every_allocation_failure(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    long long ver;
+    for (int i = 0; i < 5; i++) {
+        char jid[32];
+        snprintf(jid, sizeof jid, "c%d@x", i);
+        st_roster_item it = {.jid = jid, .name = "N", .groups = (char *[]){"a", "b", "c"},
+                             .ngroups = (size_t)i % 4, .pending_in_xml = i % 2 ? "<x/>" : NULL,
+                             .in_roster = 1};
+        assert_int_equal(ops->roster_put(h, "localhost", "alice", &it, 0, &ver), 0);
+    }
+    st_roster_item *items = NULL, got, copy;
+    size_t n;
+
+    st_set_alloc_hooks(&failing_hooks);
+    alloc_budget = -1;
+    alloc_count = 0;
+    assert_int_equal(ops->roster_get(h, "localhost", "alice", 1, &items, &n, &ver), 0);
+    long total = alloc_count;
+    st_roster_items_free(items, n);
+    assert_true(total > 5);
+    for (long k = 0; k < total; k++) {
+        alloc_budget = k;
+        items = NULL;
+        n = 0;
+        assert_int_equal(ops->roster_get(h, "localhost", "alice", 1, &items, &n, &ver), -1);
+        assert_null(items);
+    }
+
+    alloc_budget = -1;
+    assert_int_equal(ops->roster_get_item(h, "localhost", "alice", "c3@x", &got), 1);
+    alloc_count = 0;
+    assert_int_equal(st_roster_item_copy(&copy, &got), 0);
+    total = alloc_count;
+    st_roster_item_free(&copy);
+    for (long k = 0; k < total; k++) {
+        alloc_budget = k;
+        assert_int_equal(st_roster_item_copy(&copy, &got), -1);
+        assert_null(copy.jid);
+    }
+    alloc_budget = -1;
+    st_set_alloc_hooks(NULL);
+    st_roster_item_free(&got);
+    ops->close(h);
+}
+
+/* ---- offline messages ---- */
+
+typedef struct collected {
+    long long id[16];
+    char *val[16];
+    char key[16][32];
+    size_t len[16];
+    int n;
+} collected;
+
+static void collect_offline(void *ud, long long id, const char *xml, size_t len)
+{
+    collected *c = ud;
+    assert_true(c->n < 16);
+    assert_int_equal(xml[len], '\0'); /* handed out NUL-terminated */
+    c->id[c->n] = id;
+    c->len[c->n] = len;
+    c->val[c->n] = malloc(len + 1);
+    assert_non_null(c->val[c->n]);
+    memcpy(c->val[c->n], xml, len + 1);
+    c->n++;
+}
+
+static void collected_reset(collected *c)
+{
+    for (int i = 0; i < c->n; i++)
+        free(c->val[i]);
+    memset(c, 0, sizeof *c);
+}
+
+static void test_xep0160_offline_quota_refuses_beyond_max(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    collected c = {.n = 0};
+
+    assert_int_equal(ops->offline_count(h, "localhost", "alice"), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(ops->offline_push(h, "localhost", "alice", "<m/>", 4, 3), 0);
+    assert_int_equal(ops->offline_push(h, "localhost", "alice", "<fourth/>", 9, 3), 1);
+    assert_int_equal(ops->offline_count(h, "localhost", "alice"), 3);
+    /* The quota is per user, and 0 means none. */
+    assert_int_equal(ops->offline_push(h, "localhost", "bob", "<m/>", 4, 3), 0);
+    assert_int_equal(ops->offline_push(h, "localhost", "alice", "<m/>", 4, 0), 0);
+    assert_int_equal(ops->offline_count(h, "localhost", "alice"), 4);
+    assert_int_equal(ops->offline_push(h, "localhost", "alice", "<m/>", 4, 5), 0);
+    assert_int_equal(ops->offline_push(h, "localhost", "alice", "<m/>", 4, 5), 1);
+    assert_int_equal(ops->offline_list(h, "localhost", "alice", collect_offline, &c), 5);
+    for (int i = 0; i < c.n; i++)
+        assert_string_equal(c.val[i], "<m/>");
+    collected_reset(&c);
+
+    /* No such user: an error, not a silent drop. */
+    assert_int_equal(ops->offline_push(h, "localhost", "nobody", "<m/>", 4, 0), -1);
+    assert_int_equal(ops->offline_push(h, "localhost", "alice", NULL, 4, 0), -1);
+    assert_int_equal(ops->offline_count(h, "localhost", "nobody"), 0);
+    ops->close(h);
+}
+
+static void test_offline_ids_grow_and_delete_upto(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    collected c = {.n = 0};
+    const char *msgs[] = {"<one/>", "<two/>", "<three/>"};
+
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(ops->offline_push(h, "localhost", "alice", msgs[i], strlen(msgs[i]), 0),
+                         0);
+    assert_int_equal(ops->offline_list(h, "localhost", "alice", collect_offline, &c), 3);
+    for (int i = 0; i < 3; i++) {
+        assert_string_equal(c.val[i], msgs[i]); /* oldest first */
+        if (i) assert_true(c.id[i] > c.id[i - 1]);
+    }
+    long long second = c.id[1], last = c.id[2];
+    collected_reset(&c);
+
+    /* Deleting what was delivered: everything up to the id seen. */
+    assert_int_equal(ops->offline_delete(h, "localhost", "alice", second), 2);
+    assert_int_equal(ops->offline_delete(h, "localhost", "alice", second), 0);
+    assert_int_equal(ops->offline_count(h, "localhost", "alice"), 1);
+    assert_int_equal(ops->offline_delete(h, "localhost", "alice", last), 1);
+
+    /* With the newest deleted, a new message still gets a larger id, so a
+     * stale "delete up to" can never take a message stored later. */
+    assert_int_equal(ops->offline_push(h, "localhost", "alice", "<four/>", 7, 0), 0);
+    assert_int_equal(ops->offline_delete(h, "localhost", "alice", last), 0);
+    assert_int_equal(ops->offline_list(h, "localhost", "alice", collect_offline, &c), 1);
+    assert_true(c.id[0] > last);
+    collected_reset(&c);
+    ops->close(h);
+    h = open_store(f);
+    assert_int_equal(ops->offline_push(h, "localhost", "bob", "<five/>", 7, 0), 0);
+    assert_int_equal(ops->offline_list(h, "localhost", "bob", collect_offline, &c), 1);
+    assert_true(c.id[0] > last + 1);
+    collected_reset(&c);
+    ops->close(h);
+}
+
+/* Values are bytes: NULs, invalid UTF-8, nothing at all, a mebibyte. */
+typedef struct blob_case {
+    const char *label;
+    const char *bytes;
+    size_t len;
+} blob_case;
+
+static char *mib_value(void)
+{
+    char *p = malloc(1 << 20);
+    assert_non_null(p);
+    for (size_t i = 0; i < 1 << 20; i++)
+        p[i] = (char)(i * 7 % 256); /* includes NUL bytes */
+    return p;
+}
+
+static void blob_cases(blob_case *out, char *mib)
+{
+    const blob_case fixed[] = {
+        {"empty", "", 0},
+        {"nul bytes", "a\0b\0\0c", 6},
+        {"only nul", "\0", 1},
+        {"invalid utf-8", "\xff\xfe\xc3(", 4},
+        {"unicode", "<m>\xf0\x9f\x8c\xb9 \xd0\x94</m>", 14},
+        {"1 MiB", mib, 1 << 20},
+    };
+    memcpy(out, fixed, sizeof fixed);
+}
+#define NBLOB 6
+
+static void test_offline_stanzas_round_trip_any_bytes(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    char *mib = mib_value();
+    blob_case cases[NBLOB];
+    collected c = {.n = 0};
+    blob_cases(cases, mib);
+
+    for (int i = 0; i < NBLOB; i++)
+        assert_int_equal(ops->offline_push(h, "localhost", "alice", cases[i].bytes, cases[i].len, 0),
+                         0);
+    assert_int_equal(ops->offline_list(h, "localhost", "alice", collect_offline, &c), NBLOB);
+    for (int i = 0; i < NBLOB; i++) {
+        if (c.len[i] != cases[i].len) fail_msg("%s: length %zu", cases[i].label, c.len[i]);
+        assert_memory_equal(c.val[i], cases[i].bytes, cases[i].len);
+    }
+    collected_reset(&c);
+    free(mib);
+    ops->close(h);
+}
+
+/* ---- keyed data ---- */
+
+static void collect_kv(void *ud, const char *key, const char *val, size_t len)
+{
+    collected *c = ud;
+    assert_true(c->n < 16);
+    assert_int_equal(val[len], '\0');
+    snprintf(c->key[c->n], sizeof c->key[0], "%s", key);
+    c->len[c->n] = len;
+    c->val[c->n] = malloc(len + 1);
+    assert_non_null(c->val[c->n]);
+    memcpy(c->val[c->n], val, len + 1);
+    c->n++;
+}
+
+static void kv_put_str(void *h, const char *store, const char *key, const char *val)
+{
+    assert_int_equal(ops->kv_put(h, "localhost", "alice", store, key, val, strlen(val)), 0);
+}
+
+/* The keys of a store, oldest first, joined by spaces. */
+static void assert_kv_keys(void *h, const char *store, const char *want)
+{
+    collected c = {.n = 0};
+    char got[256] = "";
+    size_t used = 0;
+    int n = ops->kv_list(h, "localhost", "alice", store, collect_kv, &c);
+    assert_int_equal(n, c.n);
+    for (int i = 0; i < c.n; i++)
+        used += (size_t)snprintf(got + used, sizeof got - used, "%s%s", i ? " " : "", c.key[i]);
+    collected_reset(&c);
+    assert_string_equal(got, want);
+}
+
+static void test_kv_replaced_key_becomes_newest(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    char *val = NULL;
+    size_t len = 0;
+
+    kv_put_str(h, "pep", "a", "1");
+    kv_put_str(h, "pep", "b", "2");
+    kv_put_str(h, "pep", "c", "3");
+    assert_kv_keys(h, "pep", "a b c");
+    kv_put_str(h, "pep", "a", "1'");
+    assert_kv_keys(h, "pep", "b c a");
+    assert_int_equal(ops->kv_get(h, "localhost", "alice", "pep", "a", &val, &len), 1);
+    assert_int_equal(len, 2);
+    assert_string_equal(val, "1'");
+    free(val);
+    /* Replacing the newest keeps it newest. */
+    kv_put_str(h, "pep", "a", "1''");
+    assert_kv_keys(h, "pep", "b c a");
+    /* Deleting the newest and putting again still orders by last put. */
+    assert_int_equal(ops->kv_del(h, "localhost", "alice", "pep", "a"), 0);
+    kv_put_str(h, "pep", "b", "2'");
+    assert_kv_keys(h, "pep", "c b");
+    ops->close(h);
+}
+
+static void test_kv_trim_keeps_newest(void **state)
+{
+    fixture *f = *state;
+    static const struct {
+        size_t keep;
+        int deleted;
+        const char *left;
+    } cases[] = {
+        {10, 0, "k1 k2 k3 k4 k5"}, {5, 0, "k1 k2 k3 k4 k5"}, {4, 1, "k2 k3 k4 k5"},
+        {2, 3, "k4 k5"},           {1, 4, "k5"},             {0, 5, ""},
+        {(size_t)-1, 0, "k1 k2 k3 k4 k5"},
+    };
+    void *h = open_with_users(f);
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(ops->kv_del(h, "localhost", "alice", "mam", NULL) >= 0, 1);
+        for (int k = 1; k <= 5; k++) {
+            char key[8];
+            snprintf(key, sizeof key, "k%d", k);
+            kv_put_str(h, "mam", key, "v");
+        }
+        kv_put_str(h, "other", "x", "v"); /* another store is not touched */
+        assert_int_equal(ops->kv_trim(h, "localhost", "alice", "mam", cases[i].keep),
+                         cases[i].deleted);
+        assert_kv_keys(h, "mam", cases[i].left);
+        assert_kv_keys(h, "other", "x");
+    }
+    ops->close(h);
+}
+
+static void test_kv_get_del_per_store_and_user(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    char *val = (char *)"untouched";
+    size_t len = 99;
+
+    assert_int_equal(ops->kv_get(h, "localhost", "alice", "vcard", "", &val, &len), 0);
+    assert_string_equal(val, "untouched");
+    kv_put_str(h, "vcard", "", "<vCard/>"); /* the empty key is a key */
+    kv_put_str(h, "private", "a", "p");
+    kv_put_str(h, "private", "b", "q");
+    assert_int_equal(ops->kv_put(h, "localhost", "bob", "private", "a", "bob", 3), 0);
+    assert_int_equal(ops->kv_put(h, "localhost", "nobody", "private", "a", "x", 1), -1);
+    assert_int_equal(ops->kv_put(h, "localhost", "alice", "private", "a", NULL, 1), -1);
+    assert_int_equal(ops->kv_put(h, "localhost", "alice", NULL, "a", "x", 1), -1);
+
+    assert_int_equal(ops->kv_get(h, "localhost", "alice", "vcard", "", &val, &len), 1);
+    assert_string_equal(val, "<vCard/>");
+    free(val);
+    assert_int_equal(ops->kv_get(h, "localhost", "alice", "vcard", "a", &val, &len), 0);
+
+    assert_int_equal(ops->kv_del(h, "localhost", "alice", "private", "a"), 0);
+    assert_int_equal(ops->kv_del(h, "localhost", "alice", "private", "a"), 1);
+    assert_int_equal(ops->kv_del(h, "localhost", "alice", "private", NULL), 0);
+    assert_int_equal(ops->kv_del(h, "localhost", "alice", "private", NULL), 1);
+    assert_kv_keys(h, "private", "");
+    assert_kv_keys(h, "vcard", "");
+    /* bob's entry of the same store and key is his own. */
+    assert_int_equal(ops->kv_get(h, "localhost", "bob", "private", "a", &val, &len), 1);
+    assert_string_equal(val, "bob");
+    free(val);
+    ops->close(h);
+}
+
+static void test_kv_values_round_trip_any_bytes(void **state)
+{
+    fixture *f = *state;
+    void *h = open_with_users(f);
+    char *mib = mib_value();
+    blob_case cases[NBLOB];
+    blob_cases(cases, mib);
+    /* Keys are text: unicode and a long one too. */
+    char long_key[8192];
+    memset(long_key, 'k', sizeof long_key - 1);
+    long_key[sizeof long_key - 1] = 0;
+    const char *keys[NBLOB] = {"e", "\xe9\x8d\xb5", "k\xf0\x9f\x8c\xb9", long_key, "'; DROP TABLE kv; --",
+                               "mib"};
+
+    for (int i = 0; i < NBLOB; i++)
+        assert_int_equal(
+            ops->kv_put(h, "localhost", "alice", "bytes", keys[i], cases[i].bytes, cases[i].len), 0);
+    for (int i = 0; i < NBLOB; i++) {
+        char *val = NULL;
+        size_t len = 0;
+        assert_int_equal(ops->kv_get(h, "localhost", "alice", "bytes", keys[i], &val, &len), 1);
+        if (len != cases[i].len) fail_msg("%s: length %zu", cases[i].label, len);
+        assert_memory_equal(val, cases[i].bytes, len);
+        assert_int_equal(val[len], '\0');
+        free(val);
+    }
+    collected c = {.n = 0};
+    assert_int_equal(ops->kv_list(h, "localhost", "alice", "bytes", collect_kv, &c), NBLOB);
+    for (int i = 0; i < NBLOB; i++) {
+        assert_int_equal(c.len[i], cases[i].len);
+        assert_memory_equal(c.val[i], cases[i].bytes, cases[i].len);
+    }
+    collected_reset(&c);
+    free(mib);
+    ops->close(h);
+}
+
+/* ---- users own their data ---- */
+
+static int raw_count_user(const char *path, const char *table, const char *user)
+{
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s WHERE host = 'localhost' AND username = '%s'",
+             table, user);
+    return raw_int(path, sql);
+}
+
+static void test_user_delete_cascades_to_roster_offline_and_kv(void **state)
+{
+    fixture *f = *state;
+    static const char *const tables[] = {"roster", "roster_groups", "roster_version", "offline",
+                                         "kv"};
+    void *h = open_with_users(f);
+    const char *users[] = {"alice", "bob"};
+    long long ver;
+    for (int u = 0; u < 2; u++) {
+        st_roster_item it = item("c@x", 1, 0);
+        it.groups = (char *[]){"g"};
+        it.ngroups = 1;
+        assert_int_equal(ops->roster_put(h, "localhost", users[u], &it, 0, &ver), 0);
+        assert_int_equal(ops->offline_push(h, "localhost", users[u], "<m/>", 4, 0), 0);
+        assert_int_equal(ops->kv_put(h, "localhost", users[u], "s", "k", "v", 1), 0);
+    }
+    ops->close(h);
+    for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++)
+        assert_int_equal(raw_count_user(f->path, tables[t], "alice"), 1);
+
+    /* A fresh connection: foreign keys must be on in every one, not just
+     * the one that created the tables. */
+    h = open_store(f);
+    assert_int_equal(ops->user_delete(h, "localhost", "alice"), 0);
+    ops->close(h);
+    for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++) {
+        assert_int_equal(raw_count_user(f->path, tables[t], "alice"), 0);
+        assert_int_equal(raw_count_user(f->path, tables[t], "bob"), 1);
+    }
+
+    /* A new account of the same name starts from nothing. */
+    h = open_store(f);
+    st_user_creds c;
+    st_roster_item *items = NULL;
+    size_t n;
+    make_creds(&c, "pw");
+    assert_int_equal(ops->user_create(h, "localhost", "alice", &c), 0);
+    assert_int_equal(ops->roster_get(h, "localhost", "alice", 1, &items, &n, &ver), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(ver, 0);
+    assert_int_equal(ops->offline_count(h, "localhost", "alice"), 0);
+    assert_kv_keys(h, "s", "");
+    ops->close(h);
+}
+
+/* The v1 schema exactly as released, and one account in it. */
+static const char v1_sql[] =
+    "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+    "INSERT INTO schema_version VALUES (1);"
+    "CREATE TABLE users ("
+    "  host          TEXT    NOT NULL,"
+    "  username      TEXT    NOT NULL,"
+    "  sha1_salt     BLOB    NOT NULL,"
+    "  sha1_iter     INTEGER NOT NULL,"
+    "  sha1_stored   BLOB    NOT NULL,"
+    "  sha1_server   BLOB    NOT NULL,"
+    "  sha256_salt   BLOB    NOT NULL,"
+    "  sha256_iter   INTEGER NOT NULL,"
+    "  sha256_stored BLOB    NOT NULL,"
+    "  sha256_server BLOB    NOT NULL,"
+    "  created       INTEGER NOT NULL,"
+    "  PRIMARY KEY (host, username)"
+    ");";
+
+static void test_migration_v1_to_v2_keeps_users(void **state)
+{
+    fixture *f = *state;
+    st_user_creds c, got;
+    make_creds(&c, "pencil");
+
+    /* Write the account through SQLite directly, as v1 code would have. */
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, v1_sql, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "INSERT INTO users VALUES ('localhost', 'olduser', ?1, ?2,"
+                                        " ?3, ?4, ?5, ?6, ?7, ?8, 1700000000)",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_blob(st, 1, c.sha1.salt, (int)c.sha1.salt_len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, c.sha1.iterations);
+    sqlite3_bind_blob(st, 3, c.sha1.stored_key, 20, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 4, c.sha1.server_key, 20, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 5, c.sha256.salt, (int)c.sha256.salt_len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, c.sha256.iterations);
+    sqlite3_bind_blob(st, 7, c.sha256.stored_key, 32, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 8, c.sha256.server_key, 32, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+
+    void *h = open_store(f);
+    assert_int_equal(ops->schema_version(h), 2);
+    assert_int_equal(ops->user_get(h, "localhost", "olduser", &got), 1);
+    assert_cred_equal(&got.sha256, &c.sha256);
+    assert_int_equal(st_scram_cred_check(&got.sha1, "pencil"), 1);
+
+    /* The new tables work for the old account, and hang off it. */
+    st_roster_item it = item("friend@x", 1, 0);
+    long long ver;
+    assert_int_equal(ops->roster_put(h, "localhost", "olduser", &it, 0, &ver), 0);
+    assert_int_equal(ops->offline_push(h, "localhost", "olduser", "<m/>", 4, 0), 0);
+    assert_int_equal(ops->kv_put(h, "localhost", "olduser", "s", "k", "v", 1), 0);
+    ops->close(h);
+    assert_int_equal(raw_int(f->path, "SELECT version FROM schema_version"), 2);
+    assert_int_equal(raw_int(f->path, "SELECT count(*) FROM schema_version"), 1);
+
+    /* Reopening does not migrate again. */
+    h = open_store(f);
+    assert_int_equal(ops->schema_version(h), 2);
+    assert_int_equal(ops->user_delete(h, "localhost", "olduser"), 0);
+    assert_int_equal(ops->offline_count(h, "localhost", "olduser"), 0);
+    ops->close(h);
+    assert_int_equal(raw_count_user(f->path, "roster", "olduser"), 0);
+}
+
 /* ---- asynchronous front ---- */
 
 #define NJOBS 50
@@ -433,6 +1294,23 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_missing_directory_fails_clearly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_creds_survive_reopen_and_verify, setup, teardown),
         cmocka_unit_test_setup_teardown(test_db_file_mode_0600_whatever_the_umask, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rfc6121_2_roster_version_increments_on_every_change, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rfc6121_2_roster_item_round_trips_every_field, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_xep0237_tombstones_returned_only_when_asked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rfc6121_roster_quota_refuses_new_visible_item_beyond_max, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roster_rejects_bad_input_and_unknown_users, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roster_damaged_row_is_an_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roster_reads_survive_every_allocation_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_xep0160_offline_quota_refuses_beyond_max, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_offline_ids_grow_and_delete_upto, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_offline_stanzas_round_trip_any_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kv_replaced_key_becomes_newest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kv_trim_keeps_newest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kv_get_del_per_store_and_user, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kv_values_round_trip_any_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_user_delete_cascades_to_roster_offline_and_kv, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_v1_to_v2_keeps_users, setup, teardown),
+        cmocka_unit_test(test_st_roster_item_copy_is_deep),
         cmocka_unit_test_setup_teardown(test_async_completions_in_order_on_dispatching_thread,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_stop_finishes_queued_jobs, setup, teardown),
