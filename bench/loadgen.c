@@ -1126,10 +1126,22 @@ static void emit_common(st_buf *j)
                   o.mech == MECH_PLAIN ? "PLAIN" : "SCRAM-SHA-1");
 }
 
+/* The generator's own CPU time: when it nears the elapsed time, the
+ * generator (not the server) was the limit of that run. */
+static double self_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+static double gen_cpu_mark;
+
 static void emit(st_buf *j)
 {
-    st_buf_printf(j, ",\"failed\":%ld,\"error\":\"%s\"}\n", failed,
-                  first_error ? first_error : "");
+    st_buf_printf(j, ",\"gen_cpu_s\":%.2f,\"failed\":%ld,\"error\":\"%s\"}\n",
+                  self_cpu_s() - gen_cpu_mark, failed, first_error ? first_error : "");
     fputs(j->data, stdout);
     fflush(stdout);
     st_buf_free(j);
@@ -1152,6 +1164,21 @@ static int login_all(long count)
 
 static int scenario_login(void)
 {
+    /* Warm-up, not measured: one login per user fills the SaltedPassword
+     * cache, so the storm measures the server, not our PBKDF2. */
+    long n = o.n;
+    o.n = n < o.users ? n : o.users;
+    next_login = 0;
+    if (run_loop(login_step, now_s() + o.timeout, 10) != 0 || failed) {
+        fprintf(stderr, "loadgen: warm-up logins failed\n");
+        return 1;
+    }
+    run_loop(wait_closed_step, now_s() + 3, 10);
+    o.n = n;
+    started = ready = failed = 0;
+    memset(lat_hist, 0, LAT_BUCKETS * sizeof *lat_hist);
+    lat_count = 0;
+    gen_cpu_mark = self_cpu_s();
     usage u0 = server_usage();
     double ts = now_s();
     next_login = 0;
@@ -1259,6 +1286,7 @@ static int scenario_msg(void)
     memset(lat_hist, 0, LAT_BUCKETS * sizeof *lat_hist);
     lat_count = 0;
     deliveries = 0;
+    gen_cpu_mark = self_cpu_s();
     usage u0 = server_usage();
     phase_start = now_s();
     phase_end = phase_start + o.seconds;
@@ -1287,11 +1315,11 @@ static int scenario_msg(void)
                   ",\"pairs\":%ld,\"mode\":\"%s\",\"rate\":%.0f,\"window\":%ld,\"seconds\":%.2f,"
                   "\"sent\":%" PRIu64 ",\"delivered\":%" PRIu64 ",\"lost\":%" PRId64
                   ",\"lossy_directions\":%ld,\"msgs_per_s\":%.0f,\"lat_p50_ms\":%.3f,"
-                  "\"lat_p99_ms\":%.3f,\"lat_max_ms\":%.3f,\"server_cpu_ms\":%.0f,"
+                  "\"lat_p90_ms\":%.3f,\"lat_p99_ms\":%.3f,\"lat_max_ms\":%.3f,\"server_cpu_ms\":%.0f,"
                   "\"cpu_ms_per_1000_msgs\":%.3f",
                   o.pairs, o.rate > 0 ? "rate" : "window", o.rate, o.window, send_el, sent,
                   deliveries, (int64_t)(sent - deliveries), lossy_pairs, deliveries / el,
-                  lat_pct(0.5), lat_pct(0.99), lat_pct(1.0), cpu_ms,
+                  lat_pct(0.5), lat_pct(0.9), lat_pct(0.99), lat_pct(1.0), cpu_ms,
                   deliveries ? cpu_ms * 1000.0 / (double)deliveries : -1);
     emit(&j);
     close_all();
@@ -1358,6 +1386,7 @@ static int scenario_presence(void)
     deliveries = 0;
     for (long i = 0; i < nconns; i++)
         conns[i].recv = conns[i].sent = 0;
+    gen_cpu_mark = self_cpu_s();
     usage u0 = server_usage();
     phase_start = now_s();
     phase_end = phase_start + o.seconds;

@@ -29,6 +29,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include "server/c2s.h"
+#include "server/guard.h"
 #include "server/log.h"
 #include "server/tls.h"
 #include "starling/alloc.h"
@@ -94,7 +95,8 @@ struct st_conn {
     int read_paused;
     uint64_t last_input_ms;
     int ping_outstanding;
-    st_timer handshake_timer, idle_timer, resume_timer, linger_timer;
+    st_timer handshake_timer, idle_timer, resume_timer, linger_timer, fail_timer;
+    char account[2100]; /* user@host of the current SASL attempt, for throttling */
 
     char peer[64];
     char peer_ip[48];
@@ -193,6 +195,8 @@ static void on_linger(st_loop *l, st_timer *t)
     conn_finish(t->ud);
 }
 
+static void on_fail_timer(st_loop *l, st_timer *t);
+
 st_conn *st_conn_accept(st_server *s, int fd, const char *peer, int direct_tls)
 {
     st_conn *c = st_calloc(1, sizeof *c);
@@ -219,6 +223,7 @@ st_conn *st_conn_accept(st_server *s, int fd, const char *peer, int direct_tls)
     st_timer_init(&c->idle_timer, on_idle, c);
     st_timer_init(&c->resume_timer, on_resume, c);
     st_timer_init(&c->linger_timer, on_linger, c);
+    st_timer_init(&c->fail_timer, on_fail_timer, c);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (direct_tls) {
@@ -291,6 +296,11 @@ static void conn_finish(st_conn *c)
     st_timer_cancel(s->loop, &c->idle_timer);
     st_timer_cancel(s->loop, &c->resume_timer);
     st_timer_cancel(s->loop, &c->linger_timer);
+    if (st_timer_armed(&c->fail_timer)) {
+        st_timer_cancel(s->loop, &c->fail_timer);
+        st_conn_unref(c); /* the delayed failure's reference */
+    }
+    st_guard_disconnect(s, c->peer_ip);
     if (c->session) {
         st_session *sess = c->session;
         c->session = NULL;
@@ -785,6 +795,34 @@ static void sasl_fail(st_conn *c, const char *condition, const char *text)
         st_conn_close(c, "policy-violation", "too many failed authentication attempts");
 }
 
+/* A wrong password. The answer waits a little longer after each recent
+ * failure for the same account (guard.c): guessing gets slow, while the
+ * owner, who fails once, hardly notices. */
+static void sasl_reject(st_conn *c)
+{
+    unsigned delay = st_guard_auth_failed(c->srv, c->peer_ip, c->account);
+    st_info("c2s", "client %s: authentication failed for %s", c->peer,
+            c->account[0] ? c->account : "an unknown user");
+    if (!delay) {
+        sasl_fail(c, "not-authorized", NULL);
+        return;
+    }
+    c->sasl_pending = 1; /* read nothing until we have answered */
+    st_conn_ref(c);
+    st_timer_set(c->srv->loop, &c->fail_timer, delay);
+}
+
+static void on_fail_timer(st_loop *l, st_timer *t)
+{
+    st_conn *c = t->ud;
+    c->sasl_pending = 0;
+    if (c->state == C_OPEN) {
+        sasl_fail(c, "not-authorized", NULL);
+        if (c->state == C_OPEN) pause_reading(c, 0);
+    }
+    st_conn_unref(c);
+}
+
 static void sasl_succeed(st_conn *c, const char *user, const char *final, size_t n)
 {
     st_free(c->username);
@@ -794,6 +832,7 @@ static void sasl_succeed(st_conn *c, const char *user, const char *final, size_t
         return;
     }
     c->authenticated = 1;
+    st_guard_auth_ok(c->srv, c->account);
     st_scram_server_free(c->scram);
     c->scram = NULL;
     st_info("c2s", "client %s: authenticated as %s@%s (%s)", c->peer, user, c->host->name,
@@ -852,8 +891,7 @@ static void cred_done(void *arg)
             }
             sasl_succeed(c, j->user, NULL, 0);
         } else {
-            st_info("c2s", "client %s: authentication failed for %s", c->peer, j->user);
-            sasl_fail(c, "not-authorized", NULL);
+            sasl_reject(c);
         }
     } else if (c->mech == M_SCRAM && c->scram) {
         st_scram_hash hash = st_scram_server_hash(c->scram);
@@ -924,6 +962,12 @@ static void sasl_auth(st_conn *c, const st_node *n)
         return;
     }
     st_buf_init(&in, 16384);
+    c->account[0] = '\0';
+    if (st_guard_auth_blocked(c->srv, c->peer_ip)) {
+        sasl_fail(c, "temporary-auth-failure",
+                  "too many failed logins from your address; try again later");
+        goto out;
+    }
     if (!mech) {
         sasl_fail(c, "invalid-mechanism", NULL);
         goto out;
@@ -975,6 +1019,7 @@ static void sasl_auth(st_conn *c, const st_node *n)
             goto out;
         }
         c->mech = M_PLAIN;
+        snprintf(c->account, sizeof c->account, "%s@%s", user, c->host->name);
         int r = submit_cred_job(c, user, password);
         OPENSSL_cleanse(password, sizeof password);
         if (r != 0) sasl_fail(c, "temporary-auth-failure", NULL);
@@ -1030,6 +1075,7 @@ static void sasl_auth(st_conn *c, const st_node *n)
         }
     }
     c->mech = M_SCRAM;
+    if (user[0]) snprintf(c->account, sizeof c->account, "%s@%s", user, c->host->name);
     if (!user[0]) {
         st_buf b;
         st_buf_init(&b, 4096);
@@ -1060,8 +1106,8 @@ static void sasl_response(st_conn *c, const st_node *n)
     }
     const char *err = NULL;
     if (st_scram_server_finish(c->scram, in.data ? in.data : "", in.len, &outb, &err) != 0) {
-        st_info("c2s", "client %s: SCRAM authentication failed", c->peer);
-        sasl_fail(c, err ? err : "not-authorized", NULL);
+        if (!err || strcmp(err, "not-authorized") == 0) sasl_reject(c);
+        else sasl_fail(c, err, NULL);
         goto out;
     }
     char user[1024];

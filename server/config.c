@@ -172,6 +172,10 @@ static const key_def keys[] = {
     NUM(c2s_burst, K_SIZE, 1024, 1LL << 30),
     NUM(max_send_queue, K_SIZE, 4096, 1LL << 30),
     NUM(sasl_max_failures, K_INT, 1, 100),
+    NUM(max_connections_per_ip, K_INT, 1, 10000000),
+    NUM(connect_rate_per_ip, K_INT, 1, 1000000),
+    NUM(auth_failures_per_ip, K_INT, 1, 1000000),
+    NUM(auth_failure_window, K_DURATION, 1, 86400),
     {"log_level", K_ENUM, F(log_level), 0, 0, 0, level_choices},
 };
 #undef F
@@ -851,6 +855,10 @@ static void numeric_defaults(st_config *c)
     c->c2s_burst = 262144;
     c->max_send_queue = 1048576;
     c->sasl_max_failures = 3;
+    c->max_connections_per_ip = 100;
+    c->connect_rate_per_ip = 20;
+    c->auth_failures_per_ip = 20;
+    c->auth_failure_window = 600;
 }
 
 /* Fill every unset string and list; paths derive from data_dir. */

@@ -46,5 +46,7 @@ void st_roster_each(st_user *u, int (*fn)(void *ud, st_roster_item *it), void *u
 void st_roster_item_xml(st_stanza *s, const st_roster_item *it);
 
 #define ST_NS_ROSTER "jabber:iq:roster"
+/* Rows of all kinds one roster may hold, whatever roster.max_items says. */
+#define ST_ROSTER_HARD_MAX 100000
 
 #endif

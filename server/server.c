@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include "server/admin.h"
 #include "server/c2s.h"
+#include "server/guard.h"
 #include "server/log.h"
 #include "server/server.h"
 #include "server/tls.h"
@@ -293,7 +294,23 @@ static void on_accept(st_loop *l, st_io *io, unsigned ev)
             close(fd);
             continue;
         }
-        st_conn_accept(s, fd, peer, ln->direct_tls);
+        const char *why = NULL;
+        if (st_guard_connect(s, host, &why) != 0) {
+            if (!ln->direct_tls) {
+                static const char msg[] =
+                    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                    "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+                    "<stream:error><policy-violation "
+                    "xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+                    "</stream:stream>";
+                ssize_t w = send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL);
+                (void)w;
+            }
+            st_info("server", "client %s: refused, %s", peer, why);
+            close(fd);
+            continue;
+        }
+        if (!st_conn_accept(s, fd, peer, ln->direct_tls)) st_guard_disconnect(s, host);
     }
 }
 
@@ -490,6 +507,8 @@ st_server *st_server_new(st_config *cfg, char *err, size_t errlen)
     st_map_init(&s->sessions);
     st_map_init(&s->users);
     st_map_init(&s->pending_iqs);
+    st_map_init(&s->guard_ips);
+    st_map_init(&s->guard_accounts);
     unsigned char r[4];
     RAND_bytes(r, sizeof r);
     snprintf(id_prefix, sizeof id_prefix, "%02x%02x%02x%02x-", r[0], r[1], r[2], r[3]);
@@ -575,6 +594,7 @@ void st_server_free(st_server *s)
         close(signal_fd);
         signal_fd = -1;
     }
+    st_guard_free(s);
     st_map_each(&s->pending_iqs, drop_pending_iq, NULL);
     st_map_free(&s->pending_iqs);
     for (size_t i = 0; i < s->nhosts; i++) host_free(s->hosts[i]);

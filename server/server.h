@@ -96,6 +96,8 @@ typedef struct st_server {
     st_timer stop_timer;
     unsigned long long next_id;
     st_map pending_iqs; /* id -> struct pending_iq (server.c) */
+    st_map guard_ips;      /* client address -> limits state (guard.c) */
+    st_map guard_accounts; /* account -> recent authentication failures (guard.c) */
 } st_server;
 
 /* ---- server life cycle (server.c) ---- */

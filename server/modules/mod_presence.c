@@ -238,6 +238,14 @@ static void inbound_ready(st_user *u, void *ud)
         if (c->type == T_SUBSCRIBE) route_subscription(u->srv, u->bare, c->from, "unsubscribed", NULL);
         goto out;
     }
+    if (c->type == T_SUBSCRIBE && !st_roster_find(u, c->from) &&
+        u->roster->items.count >= 2 * ST_ROSTER_HARD_MAX) {
+        /* A flood of requests from strangers must not grow the roster
+         * table without bound: past this, new requests are dropped. */
+        st_warn("presence", "%s: too many pending subscription requests, dropping one from %s",
+                u->bare, c->from);
+        goto out;
+    }
     if (row_for(u, c->from, &it) != 0) goto out;
     int changed = 0, deliver = 0;
     switch (c->type) {

@@ -181,11 +181,11 @@ enum {
 /* The roster columns in the order sq_roster_collect() reads them; the
  * LEFT JOIN gives one result row per group (or one with grp NULL), and the
  * ORDER BY keeps the rows of one contact together, groups in order. */
-#define SQ_ROSTER_SELECT                                                                         \
-    "SELECT r.jid, r.name, r.sub, r.ask_out, r.pending_in, r.approved, r.in_roster, r.removed," \
-    " r.pending_in_xml, r.ver, g.grp"                                                            \
-    " FROM roster r LEFT JOIN roster_groups g"                                                   \
-    " ON g.host = r.host AND g.username = r.username AND g.jid = r.jid"                         \
+#define SQ_ROSTER_SELECT                                                                           \
+    "SELECT r.jid, r.name, r.sub, r.ask_out, r.pending_in, r.approved, r.in_roster, r.removed,"    \
+    " r.pending_in_xml, r.ver, g.grp"                                                              \
+    " FROM roster r LEFT JOIN roster_groups g"                                                     \
+    " ON g.host = r.host AND g.username = r.username AND g.jid = r.jid"                            \
     " WHERE r.host = ?1 AND r.username = ?2"
 
 static const char *const queries[Q_COUNT] = {
@@ -1289,8 +1289,7 @@ static int sq_kv_trim(void *hp, const char *host, const char *user, const char *
     }
     st = sq_stmt(h, Q_KV_TRIM);
     if (sq_bind_store(st, host, user, store) < 0 ||
-        sqlite3_bind_int64(st, 4, sq_int64(keep)) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_DONE) {
+        sqlite3_bind_int64(st, 4, sq_int64(keep)) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE) {
         sq_fail(h, "trimming keyed data");
         goto done;
     }

@@ -389,3 +389,164 @@ def stanza_error(el):
         return None
     conds = [local(c.tag) for c in err if ns(c.tag) == STANZA_ERR_NS and local(c.tag) != "text"]
     return err.get("type"), (conds[0] if conds else None)
+
+
+# -- IM helpers (RFC 6121 rosters, subscriptions, presence) -------------------
+#
+# The IM scenario tests (test_im_*.py) have several raw clients talking at
+# once, so they need to wait for one particular stanza while others stay
+# queued for a later wait: take() keeps what it skips, expect() drops it.
+
+ROSTER_NS = "jabber:iq:roster"
+ROSTER = "{%s}" % ROSTER_NS
+_ABSENT = object()
+
+
+def summary(el):
+    """A one-line picture of a stanza for assertion messages."""
+    attrs = " ".join("%s='%s'" % (k, v) for k, v in sorted(el.attrib.items()))
+    kids = ",".join(local(k.tag) for k in el)
+    return "<%s %s>[%s]" % (local(el.tag), attrs, kids)
+
+
+def stanza(name, **attrs):
+    """A predicate: a jabber:client <name/> whose attributes match attrs.
+    Write from_ for 'from'; a value of None means the attribute is absent."""
+    def pred(el):
+        if el.tag != CLIENT + name:
+            return False
+        for k, v in attrs.items():
+            if el.get(k.rstrip("_"), None) != v:
+                return False
+        return True
+    pred.__doc__ = "<%s %s>" % (name, " ".join("%s=%r" % kv for kv in attrs.items()))
+    return pred
+
+
+def presence(**attrs):
+    return stanza("presence", **attrs)
+
+
+def take(c, pred, timeout=None, what=None):
+    """The first stanza (already queued or arriving within timeout) for which
+    pred(el) is true; every other stanza stays queued, in order."""
+    deadline = time.monotonic() + (c.timeout if timeout is None else timeout)
+    while True:
+        for i, el in enumerate(c.queue):
+            if pred(el):
+                return c.queue.pop(i)
+        try:
+            if c.stream_closed:
+                raise Closed()
+            c._feed(c._recv(deadline))
+        except (socket.timeout, Closed) as e:
+            raise AssertionError("expected %s, got %s (queued: %s)\n%s" % (
+                what or pred.__doc__ or "a stanza", type(e).__name__,
+                [summary(x) for x in c.queue], c.dump())) from None
+
+
+def none_arrives(c, pred, wait=0.5, what=None):
+    """Assert that no stanza matching pred is queued or arrives within wait
+    seconds; other stanzas stay queued."""
+    deadline = time.monotonic() + wait
+    while True:
+        bad = [el for el in c.queue if pred(el)]
+        assert not bad, "unexpected %s: %s\n%s" % (what or pred.__doc__ or "stanza",
+                                                  summary(bad[0]), c.dump())
+        if c.stream_closed or time.monotonic() >= deadline:
+            return
+        try:
+            c._feed(c._recv(deadline))
+        except (socket.timeout, Closed):
+            pass
+
+
+def discard(c, pred=lambda el: True):
+    """Drop the queued stanzas matching pred (what arrived so far)."""
+    c.poll()
+    c.queue = [el for el in c.queue if not pred(el)]
+
+
+_ids = iter(range(1, 1 << 30))
+
+
+def next_id(prefix="im"):
+    return "%s%d" % (prefix, next(_ids))
+
+
+def iq(c, type, payload, to=None, timeout=None):
+    """Send an iq with payload (XML text); return its result or error."""
+    i = next_id()
+    c.send("<iq type='%s' id='%s'%s>%s</iq>" % (type, i, " to='%s'" % to if to else "", payload))
+    return take(c, lambda el: el.tag == CLIENT + "iq" and el.get("id") == i
+                and el.get("type") in ("result", "error"), timeout, "the answer to iq %s" % i)
+
+
+def sync(c, timeout=None):
+    """A ping round trip: everything c sent before has been processed."""
+    el = iq(c, "get", "<ping xmlns='urn:xmpp:ping'/>", to=c.domain, timeout=timeout)
+    assert el.get("type") == "result", summary(el)
+
+
+def im_login(port, user, password, resource="raw", timeout=5.0):
+    """A RawClient logged in as user/resource (STARTTLS, PLAIN, bind)."""
+    c = RawClient(port, timeout=timeout)
+    c.full_jid = c.login(user, password, resource)
+    c.bare_jid = c.full_jid.split("/", 1)[0]
+    return c
+
+
+def roster_item_dict(item):
+    """<item/> -> {'jid', 'name', 'subscription', 'ask', 'approved', 'groups'}."""
+    return {"jid": item.get("jid"), "name": item.get("name"),
+            "subscription": item.get("subscription"), "ask": item.get("ask"),
+            "approved": item.get("approved"),
+            "groups": sorted(g.text or "" for g in item.findall(ROSTER + "group"))}
+
+
+def roster_get(c, ver=_ABSENT, timeout=None):
+    """Roster get (with ver='...' if given); returns the answer iq."""
+    attr = "" if ver is _ABSENT else " ver='%s'" % ver
+    return iq(c, "get", "<query xmlns='%s'%s/>" % (ROSTER_NS, attr), timeout=timeout)
+
+
+def roster_of(c):
+    """Fetch the roster: {jid: item dict}; asserts a result."""
+    el = roster_get(c)
+    assert el.get("type") == "result", summary(el)
+    q = el.find(ROSTER + "query")
+    return {i.get("jid"): roster_item_dict(i) for i in q.findall(ROSTER + "item")}
+
+
+def roster_set(c, jid, name=None, groups=(), subscription=None, timeout=None):
+    """Roster set of one item; returns the answer iq."""
+    attrs = " jid='%s'" % jid
+    if name is not None:
+        attrs += " name='%s'" % name
+    if subscription is not None:
+        attrs += " subscription='%s'" % subscription
+    body = "".join("<group>%s</group>" % g for g in groups)
+    return iq(c, "set", "<query xmlns='%s'><item%s>%s</item></query>" % (ROSTER_NS, attrs, body),
+              timeout=timeout)
+
+
+def is_push(jid=None):
+    """A predicate: a roster push (iq set, jabber:iq:roster), for jid if given."""
+    def pred(el):
+        if el.tag != CLIENT + "iq" or el.get("type") != "set":
+            return False
+        items = el.findall(ROSTER + "query/" + ROSTER + "item")
+        return bool(items) and (jid is None or items[0].get("jid") == jid)
+    pred.__doc__ = "a roster push for %s" % (jid or "any item")
+    return pred
+
+
+def take_push(c, jid=None, timeout=None):
+    """Wait for a roster push (for jid), answer it (RFC 6121 §2.1.6) and
+    return (item dict, the push's ver)."""
+    el = take(c, is_push(jid), timeout)
+    c.send("<iq type='result' id='%s'/>" % el.get("id"))
+    q = el.find(ROSTER + "query")
+    items = q.findall(ROSTER + "item")
+    assert len(items) == 1, "a roster push carries exactly one item: %s" % summary(el)
+    return roster_item_dict(items[0]), q.get("ver")

@@ -432,7 +432,10 @@ static void test_rfc6121_2_roster_item_round_trips_every_field(void **state)
          .ngroups = 6,
          .sub = ST_SUB_BOTH,
          .in_roster = 1},
-        {.jid = "caf\xc3\xa9@example.org", .name = long_name, .sub = ST_SUB_TO, .ask_out = 1,
+        {.jid = "caf\xc3\xa9@example.org",
+         .name = long_name,
+         .sub = ST_SUB_TO,
+         .ask_out = 1,
          .in_roster = 1},
         {.jid = "asker@example.org",
          .sub = ST_SUB_NONE,
@@ -440,8 +443,7 @@ static void test_rfc6121_2_roster_item_round_trips_every_field(void **state)
          .pending_in_xml = "<presence from='asker@example.org' type='subscribe'><status>hi, "
                            "\xe4\xbd\xa0\xe5\xa5\xbd</status></presence>"},
         {.jid = "approved@example.org", .sub = ST_SUB_FROM, .approved = 1, .in_roster = 1},
-        {.jid = "x-removed@example.org", .groups = (char *[]){"old"}, .ngroups = 1,
-         .removed = 1},
+        {.jid = "x-removed@example.org", .groups = (char *[]){"old"}, .ngroups = 1, .removed = 1},
     };
     const size_t ncases = sizeof cases / sizeof cases[0];
     st_roster_item *items = NULL, got;
@@ -526,15 +528,15 @@ static void test_rfc6121_roster_quota_refuses_new_visible_item_beyond_max(void *
         int in_roster, removed, pending_in;
         int want;
     } steps[] = {
-        {"a@x", 1, 0, 0, 0},
-        {"b@x", 1, 0, 0, 0},
+        {"a@x", 1, 0, 0, 0}, /* the first visible item */
+        {"b@x", 1, 0, 0, 0}, /* the second: at the quota now */
         {"c@x", 1, 0, 0, 1}, /* a third visible item */
         {"c@x", 0, 0, 1, 0}, /* an inbound request is not a visible item */
         {"c@x", 1, 0, 1, 1}, /* turning it into one is */
         {"a@x", 1, 0, 0, 0}, /* changing a visible item always works */
         {"d@x", 0, 1, 0, 0}, /* so does storing a tombstone */
         {"b@x", 0, 1, 0, 0}, /* removing b makes room */
-        {"c@x", 1, 0, 0, 0},
+        {"c@x", 1, 0, 0, 0}, /* for c */
         {"b@x", 1, 0, 0, 1}, /* reviving a tombstone counts as new */
     };
     long long ver = 0, last = 0;
@@ -545,8 +547,8 @@ static void test_rfc6121_roster_quota_refuses_new_visible_item_beyond_max(void *
         it.pending_in = steps[i].pending_in;
         long long before = ver;
         int rc = ops->roster_put(h, "localhost", "alice", &it, 2, &ver);
-        if (rc != steps[i].want) fail_msg("step %zu (%s): got %d, want %d", i, it.jid, rc,
-                                          steps[i].want);
+        if (rc != steps[i].want)
+            fail_msg("step %zu (%s): got %d, want %d", i, it.jid, rc, steps[i].want);
         if (rc == 0) {
             assert_int_equal(ver, last + 1);
             last = ver;
@@ -632,8 +634,14 @@ static void test_st_roster_item_copy_is_deep(void **state)
 {
     char *jid = strdup("a@x"), *name = strdup("A"), *g0 = strdup("g0"), *xml = strdup("<p/>");
     char *groups[] = {g0};
-    st_roster_item src = {.jid = jid, .name = name, .groups = groups, .ngroups = 1,
-                          .sub = ST_SUB_TO, .pending_in = 1, .pending_in_xml = xml, .ver = 7};
+    st_roster_item src = {.jid = jid,
+                          .name = name,
+                          .groups = groups,
+                          .ngroups = 1,
+                          .sub = ST_SUB_TO,
+                          .pending_in = 1,
+                          .pending_in_xml = xml,
+                          .ver = 7};
     st_roster_item dst;
     assert_int_equal(st_roster_item_copy(&dst, &src), 0);
     /* Scribble over the source: the copy must not share any of it. */
@@ -691,8 +699,11 @@ static void test_roster_reads_survive_every_allocation_failure(void **state)
     for (int i = 0; i < 5; i++) {
         char jid[32];
         snprintf(jid, sizeof jid, "c%d@x", i);
-        st_roster_item it = {.jid = jid, .name = "N", .groups = (char *[]){"a", "b", "c"},
-                             .ngroups = (size_t)i % 4, .pending_in_xml = i % 2 ? "<x/>" : NULL,
+        st_roster_item it = {.jid = jid,
+                             .name = "N",
+                             .groups = (char *[]){"a", "b", "c"},
+                             .ngroups = (size_t)i % 4,
+                             .pending_in_xml = i % 2 ? "<x/>" : NULL,
                              .in_roster = 1};
         assert_int_equal(ops->roster_put(h, "localhost", "alice", &it, 0, &ver), 0);
     }
@@ -870,8 +881,8 @@ static void test_offline_stanzas_round_trip_any_bytes(void **state)
     blob_cases(cases, mib);
 
     for (int i = 0; i < NBLOB; i++)
-        assert_int_equal(ops->offline_push(h, "localhost", "alice", cases[i].bytes, cases[i].len, 0),
-                         0);
+        assert_int_equal(
+            ops->offline_push(h, "localhost", "alice", cases[i].bytes, cases[i].len, 0), 0);
     assert_int_equal(ops->offline_list(h, "localhost", "alice", collect_offline, &c), NBLOB);
     for (int i = 0; i < NBLOB; i++) {
         if (c.len[i] != cases[i].len) fail_msg("%s: length %zu", cases[i].label, c.len[i]);
@@ -951,8 +962,12 @@ static void test_kv_trim_keeps_newest(void **state)
         int deleted;
         const char *left;
     } cases[] = {
-        {10, 0, "k1 k2 k3 k4 k5"}, {5, 0, "k1 k2 k3 k4 k5"}, {4, 1, "k2 k3 k4 k5"},
-        {2, 3, "k4 k5"},           {1, 4, "k5"},             {0, 5, ""},
+        {10, 0, "k1 k2 k3 k4 k5"},
+        {5, 0, "k1 k2 k3 k4 k5"},
+        {4, 1, "k2 k3 k4 k5"},
+        {2, 3, "k4 k5"},
+        {1, 4, "k5"},
+        {0, 5, ""},
         {(size_t)-1, 0, "k1 k2 k3 k4 k5"},
     };
     void *h = open_with_users(f);
@@ -1019,12 +1034,13 @@ static void test_kv_values_round_trip_any_bytes(void **state)
     char long_key[8192];
     memset(long_key, 'k', sizeof long_key - 1);
     long_key[sizeof long_key - 1] = 0;
-    const char *keys[NBLOB] = {"e", "\xe9\x8d\xb5", "k\xf0\x9f\x8c\xb9", long_key, "'; DROP TABLE kv; --",
-                               "mib"};
+    const char *keys[NBLOB] = {"e",      "\xe9\x8d\xb5",         "k\xf0\x9f\x8c\xb9",
+                               long_key, "'; DROP TABLE kv; --", "mib"};
 
     for (int i = 0; i < NBLOB; i++)
         assert_int_equal(
-            ops->kv_put(h, "localhost", "alice", "bytes", keys[i], cases[i].bytes, cases[i].len), 0);
+            ops->kv_put(h, "localhost", "alice", "bytes", keys[i], cases[i].bytes, cases[i].len),
+            0);
     for (int i = 0; i < NBLOB; i++) {
         char *val = NULL;
         size_t len = 0;
@@ -1050,8 +1066,8 @@ static void test_kv_values_round_trip_any_bytes(void **state)
 static int raw_count_user(const char *path, const char *table, const char *user)
 {
     char sql[160];
-    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s WHERE host = 'localhost' AND username = '%s'",
-             table, user);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM %s WHERE host = 'localhost' AND username = '%s'", table, user);
     return raw_int(path, sql);
 }
 
@@ -1101,23 +1117,22 @@ static void test_user_delete_cascades_to_roster_offline_and_kv(void **state)
 }
 
 /* The v1 schema exactly as released, and one account in it. */
-static const char v1_sql[] =
-    "CREATE TABLE schema_version (version INTEGER NOT NULL);"
-    "INSERT INTO schema_version VALUES (1);"
-    "CREATE TABLE users ("
-    "  host          TEXT    NOT NULL,"
-    "  username      TEXT    NOT NULL,"
-    "  sha1_salt     BLOB    NOT NULL,"
-    "  sha1_iter     INTEGER NOT NULL,"
-    "  sha1_stored   BLOB    NOT NULL,"
-    "  sha1_server   BLOB    NOT NULL,"
-    "  sha256_salt   BLOB    NOT NULL,"
-    "  sha256_iter   INTEGER NOT NULL,"
-    "  sha256_stored BLOB    NOT NULL,"
-    "  sha256_server BLOB    NOT NULL,"
-    "  created       INTEGER NOT NULL,"
-    "  PRIMARY KEY (host, username)"
-    ");";
+static const char v1_sql[] = "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+                             "INSERT INTO schema_version VALUES (1);"
+                             "CREATE TABLE users ("
+                             "  host          TEXT    NOT NULL,"
+                             "  username      TEXT    NOT NULL,"
+                             "  sha1_salt     BLOB    NOT NULL,"
+                             "  sha1_iter     INTEGER NOT NULL,"
+                             "  sha1_stored   BLOB    NOT NULL,"
+                             "  sha1_server   BLOB    NOT NULL,"
+                             "  sha256_salt   BLOB    NOT NULL,"
+                             "  sha256_iter   INTEGER NOT NULL,"
+                             "  sha256_stored BLOB    NOT NULL,"
+                             "  sha256_server BLOB    NOT NULL,"
+                             "  created       INTEGER NOT NULL,"
+                             "  PRIMARY KEY (host, username)"
+                             ");";
 
 static void test_migration_v1_to_v2_keeps_users(void **state)
 {
@@ -1294,21 +1309,29 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_missing_directory_fails_clearly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_creds_survive_reopen_and_verify, setup, teardown),
         cmocka_unit_test_setup_teardown(test_db_file_mode_0600_whatever_the_umask, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rfc6121_2_roster_version_increments_on_every_change, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rfc6121_2_roster_item_round_trips_every_field, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_xep0237_tombstones_returned_only_when_asked, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rfc6121_roster_quota_refuses_new_visible_item_beyond_max, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_roster_rejects_bad_input_and_unknown_users, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rfc6121_2_roster_version_increments_on_every_change,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rfc6121_2_roster_item_round_trips_every_field, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_xep0237_tombstones_returned_only_when_asked, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(
+            test_rfc6121_roster_quota_refuses_new_visible_item_beyond_max, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roster_rejects_bad_input_and_unknown_users, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_roster_damaged_row_is_an_error, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_roster_reads_survive_every_allocation_failure, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_xep0160_offline_quota_refuses_beyond_max, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roster_reads_survive_every_allocation_failure, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_xep0160_offline_quota_refuses_beyond_max, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_offline_ids_grow_and_delete_upto, setup, teardown),
         cmocka_unit_test_setup_teardown(test_offline_stanzas_round_trip_any_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_replaced_key_becomes_newest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_trim_keeps_newest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_get_del_per_store_and_user, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv_values_round_trip_any_bytes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_user_delete_cascades_to_roster_offline_and_kv, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_user_delete_cascades_to_roster_offline_and_kv, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_migration_v1_to_v2_keeps_users, setup, teardown),
         cmocka_unit_test(test_st_roster_item_copy_is_deep),
         cmocka_unit_test_setup_teardown(test_async_completions_in_order_on_dispatching_thread,
