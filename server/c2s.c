@@ -23,6 +23,7 @@
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@
 #include <unistd.h>
 #include "server/c2s.h"
 #include "server/guard.h"
+#include "server/sm.h"
 #include "server/log.h"
 #include "server/tls.h"
 #include "starling/alloc.h"
@@ -103,6 +105,8 @@ struct st_conn {
     st_conn *prev, *next;
     st_deferred free_d;
     int free_queued;
+    st_deferred kill_d;
+    int dying; /* a send failed: finish after the current batch */
 };
 
 static void conn_on_io(st_loop *l, st_io *io, unsigned ev);
@@ -111,6 +115,7 @@ static void on_stanza(void *ud, st_stanza *st);
 static void on_close(void *ud);
 static void conn_flush(st_conn *c);
 static void conn_finish(st_conn *c);
+static void conn_kill_later(st_conn *c);
 static void handle_element(st_conn *c, st_stanza *st);
 
 static const st_xml_handlers handlers = {on_open, on_stanza, on_close};
@@ -305,7 +310,14 @@ static void conn_finish(st_conn *c)
         st_session *sess = c->session;
         c->session = NULL;
         sess->conn = NULL;
-        st_session_end(sess);
+        if (sess->sm && sess->sm->resumable && !s->stopping) {
+            /* XEP-0198 §5: the connection is gone, the session waits */
+            st_info("sm", "%s: connection lost, hibernating for %us", sess->full,
+                    sess->sm->max_s);
+            st_sm_hibernate(sess->sm);
+        } else {
+            st_session_end(sess);
+        }
     }
     st_io_del(s->loop, &c->io);
     if (c->ssl) SSL_shutdown(c->ssl);
@@ -347,13 +359,13 @@ static void start_tls(st_conn *c);
 
 static void conn_flush(st_conn *c)
 {
-    if (c->state == C_CLOSED || c->state == C_TLS_ACCEPT) return;
+    if (c->state == C_CLOSED || c->state == C_TLS_ACCEPT || c->dying) return;
     while (c->out.len) {
         int wr;
         ssize_t n = raw_write(c, c->out.data, c->out.len, &wr);
         if (n < 0) {
             st_debug("c2s", "client %s: write failed", c->peer);
-            conn_finish(c);
+            conn_kill_later(c);
             return;
         }
         if (n == 0) break;
@@ -376,17 +388,35 @@ static void conn_flush(st_conn *c)
     }
 }
 
+static void kill_now(void *ud)
+{
+    st_conn *c = ud;
+    conn_finish(c);
+    st_conn_unref(c);
+}
+
+/* Sends happen in the middle of routing (a loop over a user's sessions, a
+ * presence broadcast): ending the connection and its session right there
+ * would free what the caller is iterating over. So a connection whose send
+ * fails stops taking output at once and is finished after the batch. */
+static void conn_kill_later(st_conn *c)
+{
+    if (c->dying || c->state == C_CLOSED) return;
+    c->dying = 1;
+    st_io_set(c->srv->loop, &c->io, 0);
+    st_loop_defer(c->srv->loop, &c->kill_d, kill_now, st_conn_ref(c));
+}
+
 int st_conn_send_raw(st_conn *c, const char *data, size_t len)
 {
-    if (c->state >= C_CLOSING && c->state != C_CLOSING) return -1;
-    if (c->state == C_CLOSED) return -1;
+    if (c->state == C_CLOSED || c->dying) return -1;
     if (st_buf_append(&c->out, data, len) != 0) {
         /* The client does not read fast enough: drop it rather than buffer
-         * without bound (its unread stanzas are lost with the session; with
-         * stream management they will be resent on resumption). */
+         * without bound (with stream management, what it did not
+         * acknowledge is routed again when the session ends). */
         st_warn("c2s", "client %s: output queue over %zu bytes, disconnecting", c->peer,
                 c->out.max);
-        conn_finish(c);
+        conn_kill_later(c);
         return -1;
     }
     if (c->out.len == len && c->state != C_TLS_ACCEPT && !c->starttls_pending)
@@ -394,6 +424,26 @@ int st_conn_send_raw(st_conn *c, const char *data, size_t len)
     else if (c->state != C_CLOSED)
         st_io_set(c->srv->loop, &c->io, (c->read_paused ? 0 : ST_EV_READ) | ST_EV_WRITE);
     return 0;
+}
+
+int st_conn_send_to(st_conn *c, st_stanza *st, const char *to)
+{
+    size_t len;
+    const char *w = st_stanza_wire(st, &len);
+    if (!w || len < 3 || w[0] != '<') return -1;
+    /* splice " to='...'" after the element name of the cached bytes */
+    size_t name = 1;
+    while (name < len && w[name] != ' ' && w[name] != '>' && w[name] != '/') name++;
+    st_buf b;
+    st_buf_init(&b, 0);
+    int r = st_buf_append(&b, w, name);
+    if (r == 0) r = st_buf_appends(&b, " to='");
+    if (r == 0) r = st_buf_append_escaped(&b, to, strlen(to));
+    if (r == 0) r = st_buf_append(&b, "'", 1);
+    if (r == 0) r = st_buf_append(&b, w + name, len - name);
+    if (r == 0) r = st_conn_send_raw(c, b.data, b.len);
+    st_buf_free(&b);
+    return r;
 }
 
 int st_conn_send(st_conn *c, st_stanza *st)
@@ -683,6 +733,8 @@ static void send_features(st_conn *c)
         if (!need_tls || !c->srv->cfg->require_encryption) add_mechanisms(c, f);
     } else {
         st_tag(f, "bind", ST_NS_BIND);
+        st_up(f);
+        st_tag(f, "sm", ST_NS_SM); /* XEP-0198: enable after bind, or resume instead */
         st_up(f);
         /* RFC 6121 §C / draft-cridland-xmpp-session: advertised, optional */
         st_tag(f, "session", ST_NS_SESSION);
@@ -1182,6 +1234,115 @@ static int is_iq_payload(const st_stanza *st, const char *name, const char *ns, 
     return 1;
 }
 
+/* ---- stream management (XEP-0198) ---- */
+
+static void sm_failed(st_conn *c, const char *condition, const st_sm *sm)
+{
+    char buf[256];
+    int n = sm ? snprintf(buf, sizeof buf,
+                          "<failed xmlns='" ST_NS_SM "' h='%u'><%s xmlns='" ST_NS_STANZAS_ERR
+                          "'/></failed>",
+                          (unsigned)sm->h_in, condition)
+               : snprintf(buf, sizeof buf,
+                          "<failed xmlns='" ST_NS_SM "'><%s xmlns='" ST_NS_STANZAS_ERR
+                          "'/></failed>",
+                          condition);
+    st_conn_send_raw(c, buf, (size_t)n);
+}
+
+static int parse_h(const char *s, uint32_t *out)
+{
+    char *end;
+    if (!s || !*s || *s == '-') return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || v > UINT32_MAX) return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static void sm_resume(st_conn *c, const st_node *r)
+{
+    const char *previd = st_attr_get(r, "previd");
+    uint32_t h;
+    st_session *sess = previd ? st_sm_find(c->srv, previd) : NULL;
+    char bare[2100];
+    snprintf(bare, sizeof bare, "%s@%s", c->username, c->host->name);
+    if (c->session || !sess || !sess->sm || strcmp(sess->bare, bare) != 0) {
+        sm_failed(c, "item-not-found", NULL);
+        return;
+    }
+    if (parse_h(st_attr_get(r, "h"), &h) != 0 || st_sm_ack(sess->sm, h) != 0) {
+        sm_failed(c, "unexpected-request", sess->sm);
+        return;
+    }
+    if (sess->conn) {
+        /* the old connection is still here (its TCP death not noticed yet):
+         * take the session away from it first, then close it */
+        st_conn *old = sess->conn;
+        old->session = NULL;
+        sess->conn = NULL;
+        st_conn_close(old, "conflict", "the session was resumed elsewhere");
+    }
+    st_timer_cancel(c->srv->loop, &sess->sm->hibernate);
+    sess->conn = c;
+    c->session = sess;
+    st_timer_cancel(c->srv->loop, &c->handshake_timer);
+    st_timer_set(c->srv->loop, &c->idle_timer, (uint64_t)c->srv->cfg->idle_timeout * 1000);
+    char buf[256];
+    int n = snprintf(buf, sizeof buf, "<resumed xmlns='" ST_NS_SM "' previd='%s' h='%u'/>",
+                     sess->sm->id, (unsigned)sess->sm->h_in);
+    st_conn_send_raw(c, buf, (size_t)n);
+    st_info("sm", "client %s: resumed %s, resending %zu stanzas", c->peer, sess->full,
+            sess->sm->qlen);
+    st_sm_replay(sess->sm);
+}
+
+static void sm_element(st_conn *c, const st_node *r)
+{
+    st_session *sess = c->session;
+    st_sm *sm = sess ? sess->sm : NULL;
+    char buf[256];
+    if (strcmp(r->name, "resume") == 0) {
+        sm_resume(c, r);
+    } else if (strcmp(r->name, "enable") == 0) {
+        if (!sess || sm) {
+            sm_failed(c, "unexpected-request", NULL);
+            return;
+        }
+        const char *res = st_attr_get(r, "resume");
+        int resume = res && (strcmp(res, "true") == 0 || strcmp(res, "1") == 0) &&
+                     c->srv->cfg->sm_resume_timeout > 0;
+        unsigned max = (unsigned)c->srv->cfg->sm_resume_timeout;
+        const char *m = st_attr_get(r, "max");
+        uint32_t want;
+        if (m && parse_h(m, &want) == 0 && want > 0 && want < max) max = want;
+        sess->sm = st_sm_enable(sess, resume, max);
+        if (!sess->sm) {
+            sm_failed(c, "internal-server-error", NULL);
+            return;
+        }
+        int n = resume ? snprintf(buf, sizeof buf,
+                                  "<enabled xmlns='" ST_NS_SM "' id='%s' resume='true' max='%u'/>",
+                                  sess->sm->id, max)
+                       : snprintf(buf, sizeof buf, "<enabled xmlns='" ST_NS_SM "' id='%s'/>",
+                                  sess->sm->id);
+        st_conn_send_raw(c, buf, (size_t)n);
+    } else if (strcmp(r->name, "r") == 0 && sm) {
+        int n = snprintf(buf, sizeof buf, "<a xmlns='" ST_NS_SM "' h='%u'/>", (unsigned)sm->h_in);
+        st_conn_send_raw(c, buf, (size_t)n);
+    } else if (strcmp(r->name, "a") == 0 && sm) {
+        uint32_t h;
+        if (parse_h(st_attr_get(r, "h"), &h) != 0) {
+            st_conn_close(c, "bad-format", "invalid h in <a/>");
+        } else if (st_sm_ack(sm, h) != 0) {
+            /* XEP-0198 §4: acknowledging more than we sent */
+            st_conn_close(c, "undefined-condition", "handled-count-too-high");
+        }
+    } else {
+        st_conn_close(c, "unsupported-stanza-type", NULL);
+    }
+}
+
 static void handle_element(st_conn *c, st_stanza *st)
 {
     const st_node *r = st->root;
@@ -1203,6 +1364,10 @@ static void handle_element(st_conn *c, st_stanza *st)
     if (!c->secure && c->srv->tls && c->srv->cfg->require_encryption) {
         /* RFC 6120 §5.3.1: TLS is mandatory-to-negotiate here */
         st_conn_close(c, "policy-violation", "use STARTTLS first");
+        return;
+    }
+    if (strcmp(r->ns, ST_NS_SM) == 0 && c->authenticated) {
+        sm_element(c, r);
         return;
     }
     if (strcmp(r->ns, ST_NS_SASL) == 0) {
@@ -1245,6 +1410,9 @@ static void handle_element(st_conn *c, st_stanza *st)
         st_conn_close(c, "not-authorized", "bind a resource first");
         return;
     }
+    if (c->session->sm && (is_iq_payload(st, "session", ST_NS_SESSION, &p) ||
+                           is_iq_payload(st, "bind", ST_NS_BIND, &p)))
+        c->session->sm->h_in++; /* answered here, but counted like any stanza */
     if (is_iq_payload(st, "session", ST_NS_SESSION, &p)) {
         st_stanza *res = st_iq_reply(st);
         if (res) {
@@ -1259,6 +1427,7 @@ static void handle_element(st_conn *c, st_stanza *st)
         iq_error(c, st, "not-allowed", "already bound");
         return;
     }
+    if (c->session->sm) c->session->sm->h_in++;
     st_router_from_client(c->session, st);
 }
 

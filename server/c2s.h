@@ -19,6 +19,8 @@ int st_conn_is_closed(const st_conn *c);
 /* Queue a stanza (serialised with its cached wire form). 0 or -1. */
 int st_conn_send(st_conn *c, st_stanza *st);
 int st_conn_send_raw(st_conn *c, const char *data, size_t len);
+/* st_conn_send with 'to' spliced in (the stanza must have no 'to'). */
+int st_conn_send_to(st_conn *c, st_stanza *st, const char *to);
 /* Close the stream: with a stream error if condition is non-NULL, then
  * </stream:stream>, flush, and shut the socket. */
 void st_conn_close(st_conn *c, const char *condition, const char *text);

@@ -9,14 +9,23 @@
 
 extern const st_module mod_disco, mod_version, mod_ping, mod_time, mod_register, mod_roster,
     mod_presence;
+extern const st_module mod_offline, mod_carbons, mod_last;
+extern const st_module mod_blocking, mod_vcard, mod_private;
+extern const st_module mod_caps, mod_pep;
 
 const st_module *const st_builtin_modules[] = {
     &mod_disco, &mod_version, &mod_ping, &mod_time, &mod_register, &mod_roster, &mod_presence,
+    &mod_offline, &mod_carbons, &mod_last,
+    &mod_blocking, &mod_vcard, &mod_private,
+    &mod_caps, &mod_pep,
     NULL,
 };
 
 const char *const st_default_modules[] = {"disco",  "version", "ping",     "time",
-                                          "register", "roster", "presence", NULL};
+                                          "register", "roster", "presence",
+                                          "offline", "carbons", "last",
+                                          "blocking", "vcard", "private",
+                                          "caps", "pep", NULL};
 
 const st_module *st_module_find(const char *name)
 {

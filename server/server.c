@@ -507,6 +507,7 @@ st_server *st_server_new(st_config *cfg, char *err, size_t errlen)
     st_map_init(&s->sessions);
     st_map_init(&s->users);
     st_map_init(&s->pending_iqs);
+    st_map_init(&s->sm_ids);
     st_map_init(&s->guard_ips);
     st_map_init(&s->guard_accounts);
     unsigned char r[4];
@@ -597,6 +598,7 @@ void st_server_free(st_server *s)
     st_guard_free(s);
     st_map_each(&s->pending_iqs, drop_pending_iq, NULL);
     st_map_free(&s->pending_iqs);
+    st_map_free(&s->sm_ids);
     for (size_t i = 0; i < s->nhosts; i++) host_free(s->hosts[i]);
     st_free(s->hosts);
     st_map_free(&s->sessions);

@@ -51,6 +51,9 @@ typedef struct st_session {
     st_map directed;     /* JIDs it sent directed presence to (§4.6), value unused */
     time_t since;
     void *mod_data[8];   /* small per-session slots for modules (see st_session_slot) */
+    struct st_sm *sm;    /* stream management state (XEP-0198), or NULL */
+    int ending;          /* st_session_end_later() queued */
+    unsigned long long serial; /* tells a new session from an old one at the same address */
     struct st_session *next_of_user;
 } st_session;
 
@@ -96,6 +99,7 @@ typedef struct st_server {
     st_timer stop_timer;
     unsigned long long next_id;
     st_map pending_iqs; /* id -> struct pending_iq (server.c) */
+    st_map sm_ids;      /* stream management id -> resumable st_session */
     st_map guard_ips;      /* client address -> limits state (guard.c) */
     st_map guard_accounts; /* account -> recent authentication failures (guard.c) */
 } st_server;
@@ -124,6 +128,8 @@ const char *st_host_opt_str(const st_host *h, const st_module *m, const char *op
  * session wins). NULL on OOM. */
 st_session *st_session_bind(st_server *s, st_host *h, st_conn *c, const st_jid *full);
 void st_session_end(st_session *sess); /* unregister and free */
+/* End it after the current batch of events (safe inside routing loops). */
+void st_session_end_later(st_session *sess);
 st_session *st_session_find(st_server *s, const char *full);
 st_user *st_user_find(st_server *s, const char *bare);
 /* Find or create the user object for node@host (no storage lookup: the

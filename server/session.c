@@ -15,6 +15,7 @@
 #include "server/log.h"
 #include "server/roster.h"
 #include "server/server.h"
+#include "server/sm.h"
 #include "starling/alloc.h"
 
 st_session *st_session_find(st_server *s, const char *full)
@@ -90,6 +91,7 @@ st_session *st_session_bind(st_server *s, st_host *h, st_conn *c, const st_jid *
         goto fail;
     }
     sess->srv = s;
+    sess->serial = ++s->next_id;
     sess->host = h;
     sess->user = u;
     sess->conn = c;
@@ -134,6 +136,12 @@ void st_session_end(st_session *sess)
         }
     }
     st_debug("session", "%s: ended", sess->full);
+    if (sess->sm) {
+        /* no longer registered: what it never acknowledged goes elsewhere */
+        st_sm *sm = sess->sm;
+        sess->sm = NULL;
+        st_sm_end(sm);
+    }
     st_map_each(&sess->directed, free_key, NULL);
     st_map_free(&sess->directed);
     st_stanza_unref(sess->presence);
@@ -144,29 +152,65 @@ void st_session_end(st_session *sess)
     st_user_release(u);
 }
 
+/* The one way out to a client: stream management keeps a copy until the
+ * client acknowledges it; a detached (hibernating) session only queues. */
+static int session_out(st_session *sess, st_stanza *st, const char *to)
+{
+    int live = sess->conn && !st_conn_is_closed(sess->conn);
+    if (sess->sm) {
+        if (st_sm_keep(sess->sm, st, to) != 0) {
+            st_warn("sm", "%s: too many unacknowledged stanzas, ending the session", sess->full);
+            st_session_end_later(sess);
+            return -1;
+        }
+        if (!live) return 0;
+    } else if (!live) {
+        return -1;
+    }
+    int r = to ? st_conn_send_to(sess->conn, st, to) : st_conn_send(sess->conn, st);
+    if (r == 0 && sess->sm && st_sm_want_ack(sess->sm))
+        st_conn_send_raw(sess->conn, "<r xmlns='" ST_NS_SM "'/>", sizeof "<r xmlns='" ST_NS_SM "'/>" - 1);
+    return r;
+}
+
 int st_session_send(st_session *sess, st_stanza *st)
 {
-    if (!sess->conn || st_conn_is_closed(sess->conn)) return -1;
-    return st_conn_send(sess->conn, st);
+    return session_out(sess, st, NULL);
 }
 
 int st_session_send_to(st_session *sess, st_stanza *st, const char *to)
 {
-    size_t len;
-    if (!sess->conn || st_conn_is_closed(sess->conn)) return -1;
-    const char *w = st_stanza_wire(st, &len);
-    if (!w || len < 3 || w[0] != '<') return -1;
-    /* splice " to='...'" after the element name of the cached bytes */
-    size_t name = 1;
-    while (name < len && w[name] != ' ' && w[name] != '>' && w[name] != '/') name++;
-    st_buf b;
-    st_buf_init(&b, 0);
-    int r = st_buf_append(&b, w, name);
-    if (r == 0) r = st_buf_appends(&b, " to='");
-    if (r == 0) r = st_buf_append_escaped(&b, to, strlen(to));
-    if (r == 0) r = st_buf_append(&b, "'", 1);
-    if (r == 0) r = st_buf_append(&b, w + name, len - name);
-    if (r == 0) r = st_conn_send_raw(sess->conn, b.data, b.len);
-    st_buf_free(&b);
-    return r;
+    return session_out(sess, st, to);
+}
+
+typedef struct end_later {
+    st_deferred d;
+    st_server *srv;
+    char full[3100];
+    unsigned long long serial;
+} end_later;
+
+static void end_now(void *ud)
+{
+    end_later *e = ud;
+    /* the session may have ended meanwhile: find it again, by name and serial */
+    st_session *sess = st_session_find(e->srv, e->full);
+    if (sess && sess->serial == e->serial) {
+        sess->ending = 0;
+        if (sess->conn) st_conn_close(sess->conn, "policy-violation", "too many unacknowledged stanzas");
+        else st_session_end(sess);
+    }
+    st_free(e);
+}
+
+void st_session_end_later(st_session *sess)
+{
+    if (sess->ending) return;
+    end_later *e = st_calloc(1, sizeof *e);
+    if (!e) return;
+    sess->ending = 1;
+    e->srv = sess->srv;
+    e->serial = sess->serial;
+    snprintf(e->full, sizeof e->full, "%s", sess->full);
+    st_loop_defer(sess->srv->loop, &e->d, end_now, e);
 }
