@@ -260,12 +260,14 @@ static void inbound_ready(st_user *u, void *ud)
             it.approved = 0;
             changed = 1;
             route_subscription(u->srv, u->bare, c->from, "subscribed", NULL);
+            send_presences_of(u, c->from);
         } else {
             /* keep the request (delivered again at the next available
              * presence while unanswered) and show it to online resources */
             st_buf b;
             st_buf_init(&b, 65536);
-            if (st_serialize(c->st->root, ST_NS_CLIENT, &b) == 0) {
+            /* stored with its namespace declared, so it parses back as jabber:client */
+            if (st_serialize(c->st->root, "", &b) == 0) {
                 st_free(it.pending_in_xml);
                 it.pending_in_xml = st_buf_steal(&b, NULL);
             }

@@ -28,9 +28,9 @@ typedef struct get_ctx {
 
 typedef struct since_ctx {
     long long since;
-    st_stanza *list; /* collects pushes */
-    st_user *u;
-    st_session *to;
+    st_roster_item **rows; /* rows changed since 'since' */
+    size_t n, cap;
+    int oom;
 } since_ctx;
 
 static int add_visible(void *ud, st_roster_item *it)
@@ -39,23 +39,49 @@ static int add_visible(void *ud, st_roster_item *it)
     return 0;
 }
 
-static int push_since(void *ud, st_roster_item *it)
+static int collect_since(void *ud, st_roster_item *it)
 {
     since_ctx *c = ud;
     if (it->ver <= c->since) return 0;
     if (!st_roster_visible(it) && it->pending_in && !it->removed) return 0; /* never shown */
-    char id[48], ver[32];
-    st_server_make_id(c->u->srv, id, sizeof id);
-    snprintf(ver, sizeof ver, "%lld", it->ver);
-    st_stanza *p = st_iq_new("set", id);
-    if (!p) return 0;
-    st_attr_set(p, "to", c->to->full);
-    st_tag(p, "query", ST_NS_ROSTER);
-    st_attr_set(p, "ver", ver);
-    st_roster_item_xml(p, it);
-    if (st_stanza_ok(p)) st_session_send(c->to, p);
-    st_stanza_unref(p);
+    if (c->n == c->cap) {
+        size_t ncap = c->cap ? c->cap * 2 : 16;
+        st_roster_item **nr = st_realloc(c->rows, ncap * sizeof *nr);
+        if (!nr) {
+            c->oom = 1;
+            return 1;
+        }
+        c->rows = nr;
+        c->cap = ncap;
+    }
+    c->rows[c->n++] = it;
     return 0;
+}
+
+static int by_ver(const void *a, const void *b)
+{
+    long long x = (*(st_roster_item *const *)a)->ver, y = (*(st_roster_item *const *)b)->ver;
+    return x < y ? -1 : x > y;
+}
+
+/* XEP-0237 §2.4: the changes since the client's version, oldest first, each
+ * push carrying the version it produced. */
+static void push_since(st_user *u, st_session *to, since_ctx *c)
+{
+    qsort(c->rows, c->n, sizeof *c->rows, by_ver);
+    for (size_t i = 0; i < c->n; i++) {
+        char id[48], ver[32];
+        st_server_make_id(u->srv, id, sizeof id);
+        snprintf(ver, sizeof ver, "%lld", c->rows[i]->ver);
+        st_stanza *p = st_iq_new("set", id);
+        if (!p) continue;
+        st_attr_set(p, "to", to->full);
+        st_tag(p, "query", ST_NS_ROSTER);
+        st_attr_set(p, "ver", ver);
+        st_roster_item_xml(p, c->rows[i]);
+        if (st_stanza_ok(p)) st_session_send(to, p);
+        st_stanza_unref(p);
+    }
 }
 
 static void get_ready(st_user *u, void *ud)
@@ -73,11 +99,16 @@ static void get_ready(st_user *u, void *ud)
         char *end;
         long long since = strtoll(g->ver, &end, 10);
         if (*g->ver && !*end && since >= 0 && since <= u->roster->version) {
-            /* XEP-0237 §2.4: an empty result, then pushes for what changed */
-            st_iq_pending_result(g->p, NULL);
-            since_ctx c = {since, NULL, u, sess};
-            st_roster_each(u, push_since, &c);
-            goto out;
+            since_ctx c = {.since = since};
+            st_roster_each(u, collect_since, &c);
+            if (!c.oom) {
+                /* XEP-0237 §2.4: an empty result, then pushes for what changed */
+                st_iq_pending_result(g->p, NULL);
+                push_since(u, sess, &c);
+                st_free(c.rows);
+                goto out;
+            }
+            st_free(c.rows); /* fall back to the whole roster */
         }
     }
     st_stanza *r = st_iq_reply(st_iq_pending_iq(g->p));
@@ -128,23 +159,38 @@ typedef struct set_ctx {
     int remove;
 } set_ctx;
 
+/* Answer the roster set exactly once. */
+static void answer_error(set_ctx *sc, const char *cond, const char *text)
+{
+    if (!sc->p) return;
+    st_iq_pending_error(sc->p, cond, text);
+    sc->p = NULL;
+}
+
+static void answer_ok(set_ctx *sc)
+{
+    if (!sc->p) return;
+    st_iq_pending_result(sc->p, NULL);
+    sc->p = NULL;
+}
+
 static void set_ready(st_user *u, void *ud)
 {
     set_ctx *sc = ud;
     if (!u->roster) {
-        st_iq_pending_error(sc->p, "internal-server-error", "the roster could not be loaded");
+        answer_error(sc, "internal-server-error", "the roster could not be loaded");
         goto out;
     }
     st_roster_item *cur = st_roster_find(u, sc->it.jid);
     if (sc->remove) {
         if (!cur || !st_roster_visible(cur)) {
             /* RFC 6121 §2.5.3: removing an item that is not there */
-            st_iq_pending_error(sc->p, "item-not-found", NULL);
+            answer_error(sc, "item-not-found", NULL);
             goto out;
         }
         st_roster_item t;
         if (st_roster_item_copy(&t, cur) != 0) {
-            st_iq_pending_error(sc->p, "internal-server-error", NULL);
+            answer_error(sc, "internal-server-error", NULL);
             goto out;
         }
         st_sub had = t.sub;
@@ -159,11 +205,10 @@ static void set_ready(st_user *u, void *ud)
         int rc = st_roster_store(u, &t, 0);
         st_roster_item_free(&t);
         if (rc != 0) {
-            st_iq_pending_error(sc->p, "internal-server-error", NULL);
+            answer_error(sc, "internal-server-error", NULL);
             goto out;
         }
-        st_iq_pending_result(sc->p, NULL);
-        sc->p = NULL;
+        answer_ok(sc);
         if (had == ST_SUB_TO || had == ST_SUB_BOTH || had_ask)
             st_presence_send_subscription(u, sc->it.jid, "unsubscribe");
         if (had == ST_SUB_FROM || had == ST_SUB_BOTH || had_pending)
@@ -173,7 +218,7 @@ static void set_ready(st_user *u, void *ud)
     st_roster_item t;
     if (cur) {
         if (st_roster_item_copy(&t, cur) != 0) {
-            st_iq_pending_error(sc->p, "internal-server-error", NULL);
+            answer_error(sc, "internal-server-error", NULL);
             goto out;
         }
         for (size_t i = 0; i < t.ngroups; i++) st_free(t.groups[i]);
@@ -198,14 +243,13 @@ static void set_ready(st_user *u, void *ud)
     int rc = t.jid ? st_roster_store(u, &t, max) : -1;
     st_roster_item_free(&t);
     if (rc == 1)
-        st_iq_pending_error(sc->p, "not-allowed", "the roster is full");
+        answer_error(sc, "not-allowed", "the roster is full");
     else if (rc != 0)
-        st_iq_pending_error(sc->p, "internal-server-error", NULL);
+        answer_error(sc, "internal-server-error", NULL);
     else
-        st_iq_pending_result(sc->p, NULL);
-    sc->p = NULL;
+        answer_ok(sc);
 out:
-    if (sc->p) st_iq_pending_error(sc->p, "internal-server-error", NULL);
+    if (sc->p) answer_error(sc, "internal-server-error", NULL); /* never unanswered */
     st_roster_item_free(&sc->it);
     st_free(sc);
 }
@@ -250,10 +294,15 @@ static st_verdict roster_set(st_iq_ctx *c)
                 st_iq_error(c, "not-acceptable", "group names must be 1..1023 bytes");
                 return ST_HANDLED;
             }
-            int dup = 0; /* §2.1.2.4: duplicate groups collapse */
-            for (size_t i = 0; i < sc->it.ngroups; i++)
-                if (strcmp(sc->it.groups[i], gn) == 0) dup = 1;
-            if (dup) continue;
+            for (size_t i = 0; i < sc->it.ngroups; i++) {
+                if (strcmp(sc->it.groups[i], gn) == 0) {
+                    /* §2.3.3: duplicate groups are a bad request */
+                    st_roster_item_free(&sc->it);
+                    st_free(sc);
+                    st_iq_error(c, "bad-request", "duplicate group");
+                    return ST_HANDLED;
+                }
+            }
             char **ng = st_realloc(sc->it.groups, (sc->it.ngroups + 1) * sizeof *ng);
             if (!ng) goto oom_sc;
             sc->it.groups = ng;
@@ -273,6 +322,13 @@ oom_sc:
     st_free(sc);
 oom:
     st_iq_error(c, "internal-server-error", NULL);
+    return ST_HANDLED;
+}
+
+/* RFC 6121 §2.1.5 / §2.3.3: nobody reads or writes another user's roster */
+static st_verdict roster_other(st_iq_ctx *c)
+{
+    st_iq_error(c, "forbidden", NULL);
     return ST_HANDLED;
 }
 
@@ -299,6 +355,7 @@ static void features(st_conn *c, st_stanza *f, int authenticated)
 static const st_iq_handler iqs[] = {
     {ST_NS_ROSTER, "query", ST_IQ_GET, ST_TO_ACCOUNT, roster_get},
     {ST_NS_ROSTER, "query", ST_IQ_SET, ST_TO_ACCOUNT, roster_set},
+    {ST_NS_ROSTER, "query", ST_IQ_GET | ST_IQ_SET, ST_TO_USER, roster_other},
     {0},
 };
 
