@@ -32,6 +32,7 @@
 #include "server/c2s.h"
 #include "server/guard.h"
 #include "server/sm.h"
+#include "server/csi.h"
 #include "server/log.h"
 #include "server/tls.h"
 #include "starling/alloc.h"
@@ -736,6 +737,8 @@ static void send_features(st_conn *c)
         st_up(f);
         st_tag(f, "sm", ST_NS_SM); /* XEP-0198: enable after bind, or resume instead */
         st_up(f);
+        st_tag(f, "csi", ST_NS_CSI); /* XEP-0352 */
+        st_up(f);
         /* RFC 6121 §C / draft-cridland-xmpp-session: advertised, optional */
         st_tag(f, "session", ST_NS_SESSION);
         st_tag(f, "optional", NULL);
@@ -1364,6 +1367,13 @@ static void handle_element(st_conn *c, st_stanza *st)
     if (!c->secure && c->srv->tls && c->srv->cfg->require_encryption) {
         /* RFC 6120 §5.3.1: TLS is mandatory-to-negotiate here */
         st_conn_close(c, "policy-violation", "use STARTTLS first");
+        return;
+    }
+    if (strcmp(r->ns, ST_NS_CSI) == 0 && c->session) {
+        /* XEP-0352 nonzas: no answer */
+        if (strcmp(r->name, "active") == 0) st_csi_set_active(c->session, 1);
+        else if (strcmp(r->name, "inactive") == 0) st_csi_set_active(c->session, 0);
+        else st_conn_close(c, "unsupported-stanza-type", NULL);
         return;
     }
     if (strcmp(r->ns, ST_NS_SM) == 0 && c->authenticated) {

@@ -16,6 +16,7 @@
 #include "server/roster.h"
 #include "server/server.h"
 #include "server/sm.h"
+#include "server/csi.h"
 #include "starling/alloc.h"
 
 st_session *st_session_find(st_server *s, const char *full)
@@ -142,6 +143,7 @@ void st_session_end(st_session *sess)
         sess->sm = NULL;
         st_sm_end(sm);
     }
+    st_csi_free(sess);
     st_map_each(&sess->directed, free_key, NULL);
     st_map_free(&sess->directed);
     st_stanza_unref(sess->presence);
@@ -156,6 +158,11 @@ void st_session_end(st_session *sess)
  * client acknowledges it; a detached (hibernating) session only queues. */
 static int session_out(st_session *sess, st_stanza *st, const char *to)
 {
+    /* XEP-0352: an inactive client's non-urgent traffic waits */
+    if (sess->mod_data[ST_SLOT_CSI]) {
+        if (!st_csi_urgent(st) && st_csi_hold(sess, st, to) == 0) return 0;
+        st_csi_flush(sess);
+    }
     int live = sess->conn && !st_conn_is_closed(sess->conn);
     if (sess->sm) {
         if (st_sm_keep(sess->sm, st, to) != 0) {

@@ -115,8 +115,9 @@ class Starling:
             "log_level": "debug",
         }
         glob.update(settings)
+        # No "modules" line: the host gets the server's default modules
+        # (everything built in), as a new admin's config would.
         host = {
-            "modules": "disco version ping time register",
             "register.allow": "true",
         }
         host.update(host_settings)

@@ -36,11 +36,22 @@ def cut(c):
     s.close()
 
 
-def bodies(c, n, timeout=5):
+class Counter:
+    """Counts the stanzas a client received since <enable/>, as its h."""
+    def __init__(self):
+        self.h = 0
+
+
+def bodies(c, n, timeout=5, counter=None):
     got = []
     deadline = time.monotonic() + timeout
     while len(got) < n and time.monotonic() < deadline:
-        el = c.next_element(max(0.1, deadline - time.monotonic()))
+        try:
+            el = c.next_element(max(0.1, deadline - time.monotonic()))
+        except (socket.timeout, TimeoutError):
+            break
+        if counter is not None and el.tag.startswith(CLIENT):
+            counter.h += 1
         if el.tag == CLIENT + "message":
             got.append(el.findtext(CLIENT + "body"))
     return got
@@ -85,15 +96,15 @@ def test_xep0198_resume_after_connection_cut_delivers_each_message_once(starling
     a = RawClient(starling.c2s_port)
     a.login("alice", PW, "phone")
     sm_id = enable(a).get("id")
-    a.send("<presence/>")
+    seen = Counter()
     b = RawClient(starling.c2s_port)
     b.login("bob", PW, "desk")
     # two messages before the cut: the client acks the first only
     b.send("<message to='alice@localhost/phone' type='chat'><body>m1</body></message>")
-    assert bodies(a, 1) == ["m1"]
-    a.send("<a xmlns='urn:xmpp:sm:3' h='1'/>")
+    assert bodies(a, 1, counter=seen) == ["m1"]
+    a.send("<a xmlns='urn:xmpp:sm:3' h='%d'/>" % seen.h)
     b.send("<message to='alice@localhost/phone' type='chat'><body>m2</body></message>")
-    assert bodies(a, 1) == ["m2"]
+    assert bodies(a, 1, counter=seen) == ["m2"]
     cut(a)
     time.sleep(0.3)
     # while the session hibernates
@@ -106,7 +117,7 @@ def test_xep0198_resume_after_connection_cut_delivers_each_message_once(starling
     a2.starttls()
     a2.plain("alice", PW)
     a2.open_stream()
-    a2.send("<resume xmlns='urn:xmpp:sm:3' previd='%s' h='2'/>" % sm_id)
+    a2.send("<resume xmlns='urn:xmpp:sm:3' previd='%s' h='%d'/>" % (sm_id, seen.h))
     el = a2.expect(SM + "resumed")
     assert el.get("previd") == sm_id
     got = bodies(a2, 3)
@@ -159,3 +170,33 @@ def test_xep0198_presence_stays_while_hibernating_then_unavailable(starling_fact
     assert "alice@localhost/phone" in s.ctl("sessions").stdout
     time.sleep(2.5)
     assert "alice@localhost/phone" not in s.ctl("sessions").stdout
+
+
+def test_xep0198_unacked_messages_of_an_expired_session_go_to_offline_storage(starling_factory):
+    s = starling_factory(sm_resume_timeout=1)
+    s.adduser("alice@localhost", PW)
+    s.adduser("bob@localhost", PW)
+    a = RawClient(s.c2s_port)
+    a.login("alice", PW, "phone")
+    enable(a)
+    a.send("<presence/>")
+    b = RawClient(s.c2s_port)
+    b.login("bob", PW, "desk")
+    b.send("<message to='alice@localhost' type='chat'><body>before</body></message>")
+    assert bodies(a, 1) == ["before"]  # received, never acknowledged
+    cut(a)
+    time.sleep(0.3)
+    for i in (1, 2):
+        b.send("<message to='alice@localhost' type='chat'><body>during%d</body></message>" % i)
+    b.send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    b.expect(CLIENT + "iq")
+    time.sleep(2.0)  # the window closes: the session ends
+    a2 = RawClient(s.c2s_port)
+    a2.login("alice", PW, "laptop")
+    a2.send("<presence/>")
+    got = bodies(a2, 3)
+    # none lost: the unacknowledged one and the two sent meanwhile, once each
+    assert sorted(got) == ["before", "during1", "during2"], got
+    assert bodies(a2, 1, timeout=0.5) == []
+    a2.close()
+    b.close()
