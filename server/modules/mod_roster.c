@@ -68,7 +68,7 @@ static int by_ver(const void *a, const void *b)
  * push carrying the version it produced. */
 static void push_since(st_user *u, st_session *to, since_ctx *c)
 {
-    qsort(c->rows, c->n, sizeof *c->rows, by_ver);
+    if (c->n > 1) qsort(c->rows, c->n, sizeof *c->rows, by_ver);
     for (size_t i = 0; i < c->n; i++) {
         char id[48], ver[32];
         st_server_make_id(u->srv, id, sizeof id);

@@ -406,7 +406,11 @@ def summary(el):
     """A one-line picture of a stanza for assertion messages."""
     attrs = " ".join("%s='%s'" % (k, v) for k, v in sorted(el.attrib.items()))
     kids = ",".join(local(k.tag) for k in el)
-    return "<%s %s>[%s]" % (local(el.tag), attrs, kids)
+    err = stanza_error(el) if el.tag.startswith(CLIENT) else None
+    name = local(el.tag) if el.tag.startswith(CLIENT) else el.tag or "?"
+    if not el.tag.startswith("{"):
+        name = "{}" + el.tag  # no namespace at all: not a jabber:client stanza
+    return "<%s %s>[%s]%s" % (name, attrs, kids, " error=%s/%s" % err if err else "")
 
 
 def stanza(name, **attrs):
