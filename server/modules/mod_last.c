@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <openssl/crypto.h>
 #include "server/log.h"
 #include "server/roster.h"
 #include "server/server.h"
@@ -39,19 +40,25 @@ typedef struct put_job {
     char user[1024];
     char val[64 + MAX_STATUS];
     size_t len;
+    int rc; /* 0 stored (or no account), -1 failed */
 } put_job;
 
 static void put_work(void *h, void *arg)
 {
     put_job *j = arg;
-    if (st_storage_ops(j->srv->store)->kv_put(h, j->host, j->user, STORE, KEY, j->val, j->len) != 0)
-        j->len = 0; /* reported by done */
+    const st_store_ops *ops = st_storage_ops(j->srv->store);
+    st_user_creds creds;
+    /* an account being removed ends its sessions after the delete: nothing
+     * to record then (and the insert would fail its foreign key) */
+    j->rc = ops->user_get(h, j->host, j->user, &creds);
+    OPENSSL_cleanse(&creds, sizeof creds);
+    if (j->rc == 1) j->rc = ops->kv_put(h, j->host, j->user, STORE, KEY, j->val, j->len);
 }
 
 static void put_done(void *arg)
 {
     put_job *j = arg;
-    if (j->len == 0) st_warn("mod_last", "%s@%s: could not store the logout time", j->user, j->host);
+    if (j->rc < 0) st_warn("mod_last", "%s@%s: could not store the logout time", j->user, j->host);
     st_free(j);
 }
 

@@ -135,6 +135,19 @@ static int add_stanza_id(st_server *srv, st_stanza *st, const char *bare)
     return st_stanza_ok(st) ? 0 : -1;
 }
 
+/* Was st already delayed by us? A message stored once, delivered, and
+ * routed back unacknowledged by stream management keeps its first stamp. */
+static int has_our_delay(const st_stanza *st, const char *host)
+{
+    for (st_node *n = st_first_elem(st->root); n; n = st_next_elem(n)) {
+        const char *from = st_attr_get(n, "from");
+        if (strcmp(n->name, "delay") == 0 && strcmp(n->ns, NS_DELAY) == 0 && from &&
+            strcmp(from, host) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* Does this message deserve offline storage (XEP-0160 §3, XEP-0334)? */
 static int storable(const st_stanza *st)
 {
@@ -230,12 +243,14 @@ static st_verdict store_later(st_server *srv, st_host *h, st_stanza *st, const s
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
     if (!(copy = st_stanza_copy(st))) goto out;
     strip_forged_ids(copy, bare);
-    st_top(copy);
-    st_tag(copy, "delay", NS_DELAY);
-    st_attr_set(copy, "from", h->name);
-    st_attr_set(copy, "stamp", stamp);
-    st_text(copy, "Offline storage");
-    st_up(copy);
+    if (!has_our_delay(copy, h->name)) {
+        st_top(copy);
+        st_tag(copy, "delay", NS_DELAY);
+        st_attr_set(copy, "from", h->name);
+        st_attr_set(copy, "stamp", stamp);
+        st_text(copy, "Offline storage");
+        st_up(copy);
+    }
     if (add_stanza_id(srv, copy, bare_s) != 0) goto out;
     /* an explicit xmlns='jabber:client', so the stored XML parses back alone */
     if (st_serialize(copy->root, "", &b) != 0) goto out;
