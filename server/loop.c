@@ -197,31 +197,36 @@ void st_loop_stop(st_loop *l)
     l->stop = 1;
 }
 
-int st_loop_run(st_loop *l)
+/* One round: wait up to timeout_ms (-1 = until the next timer), run what
+ * is ready, the deferred work and the due timers. 0 or -1. */
+int st_loop_run_once(st_loop *l, int timeout_ms)
 {
     struct epoll_event ev[MAX_EVENTS];
-    while (!l->stop) {
-        int timeout = -1;
-        if (l->nheap) {
-            uint64_t now = st_now_ms(), due = l->heap[0]->due_ms;
-            timeout = due <= now ? 0 : (int)(due - now > 60000 ? 60000 : due - now);
-        }
-        int n = epoll_wait(l->epfd, ev, MAX_EVENTS, timeout);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        for (int i = 0; i < n; i++) {
-            st_io *io = ev[i].data.ptr;
-            if (!io->added || !io->cb) continue;
-            unsigned e = 0;
-            if (ev[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) e |= ST_EV_READ;
-            if (ev[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) e |= ST_EV_WRITE;
-            io->cb(l, io, e);
-        }
-        run_deferred(l);
-        run_timers(l);
-        run_deferred(l);
+    int timeout = timeout_ms;
+    if (l->nheap) {
+        uint64_t now = st_now_ms(), due = l->heap[0]->due_ms;
+        int t = due <= now ? 0 : (int)(due - now > 60000 ? 60000 : due - now);
+        if (timeout < 0 || t < timeout) timeout = t;
     }
+    int n = epoll_wait(l->epfd, ev, MAX_EVENTS, timeout);
+    if (n < 0) return errno == EINTR ? 0 : -1;
+    for (int i = 0; i < n; i++) {
+        st_io *io = ev[i].data.ptr;
+        if (!io->added || !io->cb) continue;
+        unsigned e = 0;
+        if (ev[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) e |= ST_EV_READ;
+        if (ev[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) e |= ST_EV_WRITE;
+        io->cb(l, io, e);
+    }
+    run_deferred(l);
+    run_timers(l);
+    run_deferred(l);
+    return 0;
+}
+
+int st_loop_run(st_loop *l)
+{
+    while (!l->stop)
+        if (st_loop_run_once(l, -1) != 0) return -1;
     return 0;
 }

@@ -62,6 +62,10 @@ void st_loop_defer(st_loop *l, st_deferred *d, void (*fn)(void *), void *ud);
 /* Run the deferred work now (teardown). */
 void st_loop_run_deferred(st_loop *l);
 
+/* One round of the loop, waiting at most timeout_ms (-1: until a timer).
+ * For tests and fuzzers that drive the server step by step. */
+int st_loop_run_once(st_loop *l, int timeout_ms);
+
 /* Run until st_loop_stop. Returns 0, -1 on epoll failure. */
 int st_loop_run(st_loop *l);
 void st_loop_stop(st_loop *l);

@@ -6,12 +6,15 @@
  * sends notifications only to resources whose features include NODE+notify.
  *
  * Design: a per-host cache maps a verified ver to a shared, sorted, reference
- * counted feature set. On a miss we look in the kv store (host-level: the
- * empty username, store "caps", key = ver), then ask the client itself with
- * disco#info to node#ver (st_server_iq). Only an answer whose SHA-1
+ * counted feature set. On a miss we ask the client itself with disco#info
+ * to node#ver (st_server_iq). Only an answer whose SHA-1
  * recomputes to the announced ver is cached under it (§5.4: otherwise anyone
  * could poison the cache for everybody using that ver); an unverifiable
  * answer (legacy caps, unknown hash, mismatch) is used for that session only.
+ * The cache lives in memory only: the kv store keys everything by an
+ * existing account, and a restart costs one disco#info per distinct client
+ * version, which is what the cache saves anyway. TODO: persist it if a
+ * server-level store appears.
  *
  * We also announce the server's own caps in stream features (§6.3), hashed
  * from the same identity and module features that mod_disco reports, and
@@ -30,7 +33,6 @@
 #define NS_INFO "http://jabber.org/protocol/disco#info"
 #define NS_XDATA "jabber:x:data"
 #define CAPS_NODE "https://starling.invalid/caps" /* names the software, never fetched */
-#define KV_STORE "caps"
 #define MAX_VER 128
 #define MAX_NODE 1024
 #define MAX_FEATURES 2048
@@ -149,9 +151,10 @@ int st_caps_ver(const st_node *query, char *out, size_t outsz)
     for (st_node *n = st_first_elem(query); n; n = st_next_elem(n)) {
         if (!strcmp(n->name, "identity") && !strcmp(n->ns, NS_INFO)) {
             if (ni == MAX_IDENTITIES) goto out;
-            ids[ni++] = (ident){attr_or_empty(n, "category"), attr_or_empty(n, "type"),
-                                st_attr_get_ns(n, "lang", ST_NS_XML) ? st_attr_get_ns(n, "lang", ST_NS_XML) : "",
-                                attr_or_empty(n, "name")};
+            ids[ni++] = (ident){
+                attr_or_empty(n, "category"), attr_or_empty(n, "type"),
+                st_attr_get_ns(n, "lang", ST_NS_XML) ? st_attr_get_ns(n, "lang", ST_NS_XML) : "",
+                attr_or_empty(n, "name")};
         } else if (!strcmp(n->name, "feature") && !strcmp(n->ns, NS_INFO)) {
             if (nfe == MAX_FEATURES) goto out;
             feats[nfe++] = attr_or_empty(n, "var");
@@ -203,7 +206,8 @@ typedef struct caps_set {
 static void set_unref(caps_set *cs)
 {
     if (!cs || --cs->refs > 0) return;
-    for (size_t i = 0; i < cs->n; i++) st_free(cs->feat[i]);
+    for (size_t i = 0; i < cs->n; i++)
+        st_free(cs->feat[i]);
     st_free(cs->feat);
     st_free(cs);
 }
@@ -250,43 +254,6 @@ static caps_set *set_from_query(const st_node *q)
             set_unref(cs);
             return NULL;
         }
-    }
-    set_sort(cs);
-    return cs;
-}
-
-/* Features joined by newlines, as stored; NULL if one contains a newline. */
-static char *set_serialize(const caps_set *cs)
-{
-    st_buf b;
-    st_buf_init(&b, 1 << 20);
-    for (size_t i = 0; i < cs->n; i++) {
-        if (strchr(cs->feat[i], '\n') || st_buf_appends(&b, cs->feat[i]) ||
-            st_buf_appends(&b, "\n")) {
-            st_buf_free(&b);
-            return NULL;
-        }
-    }
-    if (!b.data && st_buf_appends(&b, "")) return NULL;
-    return st_buf_steal(&b, NULL);
-}
-
-static caps_set *set_parse(const char *v, size_t len)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++) n += v[i] == '\n';
-    if (n > MAX_FEATURES) return NULL;
-    caps_set *cs = set_new(n);
-    if (!cs) return NULL;
-    const char *p = v, *end = v + len;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        if (!nl) break;
-        if (nl > p && set_add(cs, p, (size_t)(nl - p))) {
-            set_unref(cs);
-            return NULL;
-        }
-        p = nl + 1;
     }
     set_sort(cs);
     return cs;
@@ -404,10 +371,7 @@ typedef struct lookup {
     char full[3100];
     char ver[MAX_VER + 1];
     char node[MAX_NODE + 1];
-    int sha1;   /* hash='sha-1': verifiable */
-    char *val;  /* kv_get result (owned) */
-    size_t len;
-    int rc;
+    int sha1; /* hash='sha-1': verifiable */
 } lookup;
 
 /* The session this lookup is for, if it still waits for this ver. */
@@ -418,41 +382,13 @@ static st_session *lookup_session(lookup *l)
     return cs && strcmp(cs->ver, l->ver) == 0 ? s : NULL;
 }
 
-static void kv_put_work(void *h, void *arg)
-{
-    lookup *l = arg;
-    const st_store_ops *ops = st_storage_ops(l->srv->store);
-    l->rc = ops->kv_put(h, l->host, "", KV_STORE, l->ver, l->val, l->len);
-}
-
-static void kv_put_done(void *arg)
-{
-    lookup *l = arg;
-    if (l->rc != 0) st_warn("mod_caps", "host %s: could not store caps %s", l->host, l->ver);
-    st_free(l->val);
-    st_free(l);
-}
-
-static void persist(lookup *l, const caps_set *set)
-{
-    lookup *p = st_malloc(sizeof *p);
-    if (!p) return;
-    *p = *l;
-    p->val = set_serialize(set);
-    p->len = p->val ? strlen(p->val) : 0;
-    if (!p->val || st_storage_submit(l->srv->store, kv_put_work, kv_put_done, p) != 0) {
-        st_free(p->val);
-        st_free(p);
-    }
-}
-
 static void disco_answer(void *ud, st_stanza *reply)
 {
     lookup *l = ud;
     st_session *s = lookup_session(l);
     const char *type = reply ? st_get(reply, "type") : NULL;
-    st_node *q = reply && type && !strcmp(type, "result")
-                     ? st_child(reply->root, "query", NS_INFO) : NULL;
+    st_node *q =
+        reply && type && !strcmp(type, "result") ? st_child(reply->root, "query", NS_INFO) : NULL;
     if (!q) {
         st_debug("mod_caps", "%s: no disco#info for %s#%s", l->full, l->node, l->ver);
         goto out;
@@ -463,7 +399,6 @@ static void disco_answer(void *ud, st_stanza *reply)
     if (l->sha1 && st_caps_ver(q, ver, sizeof ver) == 0 && strcmp(ver, l->ver) == 0) {
         st_host *h = st_server_host(l->srv, l->host);
         cache_put(h, l->ver, set);
-        persist(l, set);
     } else {
         /* §5.4: used for this session only, never cached under the ver */
         st_info("mod_caps", "%s: caps %s#%s %s; not cached", l->full, l->node, l->ver,
@@ -491,35 +426,6 @@ static void ask_client(lookup *l)
     return;
 fail:
     st_stanza_unref(iq);
-    st_free(l);
-}
-
-static void kv_get_work(void *h, void *arg)
-{
-    lookup *l = arg;
-    const st_store_ops *ops = st_storage_ops(l->srv->store);
-    l->rc = ops->kv_get(h, l->host, "", KV_STORE, l->ver, &l->val, &l->len);
-}
-
-static void kv_get_done(void *arg)
-{
-    lookup *l = arg;
-    char *val = l->val;
-    l->val = NULL;
-    if (l->rc != 1) {
-        if (lookup_session(l)) ask_client(l);
-        else st_free(l);
-        st_free(val);
-        return;
-    }
-    caps_set *set = set_parse(val, l->len);
-    st_free(val);
-    if (set) {
-        cache_put(st_server_host(l->srv, l->host), l->ver, set);
-        st_session *s = lookup_session(l);
-        if (s) apply(s, set);
-        set_unref(set);
-    }
     st_free(l);
 }
 
@@ -556,11 +462,7 @@ static st_verdict presence_out(st_session *s, st_stanza *st, const st_jid *to)
     snprintf(l->ver, sizeof l->ver, "%s", ver);
     snprintf(l->node, sizeof l->node, "%s", node);
     l->sha1 = sha1;
-    if (!sha1) {
-        ask_client(l); /* legacy caps (no hash): nothing to look up */
-    } else if (st_storage_submit(s->srv->store, kv_get_work, kv_get_done, l) != 0) {
-        ask_client(l);
-    }
+    ask_client(l);
     return ST_PASS;
 }
 
@@ -629,8 +531,10 @@ static st_verdict caps_info(st_iq_ctx *c)
     st_tag(r, "query", NS_INFO);
     st_attr_set(r, "node", node);
     host_info(c->host, r);
-    if (st_stanza_ok(r)) st_iq_result(c, r);
-    else st_iq_error(c, "internal-server-error", NULL);
+    if (st_stanza_ok(r))
+        st_iq_result(c, r);
+    else
+        st_iq_error(c, "internal-server-error", NULL);
     st_stanza_unref(r);
     return ST_HANDLED;
 }

@@ -76,6 +76,7 @@ struct pep_service {
     pep_node *nodes;
     size_t nnodes;
     int loaded, loading;
+    int busy; /* callbacks running on it: a nested one must not free it */
     pep_wait *waiters;
 };
 
@@ -93,7 +94,8 @@ static void item_clear(pep_item *it)
 
 static void node_free(pep_node *n)
 {
-    for (size_t i = 0; i < n->n; i++) item_clear(&n->items[i]);
+    for (size_t i = 0; i < n->n; i++)
+        item_clear(&n->items[i]);
     st_free(n->items);
     st_free(n->name);
     st_free(n);
@@ -127,7 +129,8 @@ static pep_node *node_add(pep_service *svc, const char *name, const st_pep_confi
     n->cfg = *cfg;
     /* append: disco#items lists nodes in creation order */
     pep_node **pp = &svc->nodes;
-    while (*pp) pp = &(*pp)->next;
+    while (*pp)
+        pp = &(*pp)->next;
     *pp = n;
     svc->nnodes++;
     return n;
@@ -186,7 +189,8 @@ static int item_put(pep_node *n, const char *id, st_stanza *payload, size_t max)
     char *d = st_strdup(id);
     if (!d) return -1;
     n->items[n->n++] = (pep_item){d, payload};
-    while (n->n > max) item_remove_at(n, 0);
+    while (n->n > max)
+        item_remove_at(n, 0);
     return 0;
 }
 
@@ -220,9 +224,12 @@ static int max_parse(const char *s, long long *out)
 
 static int bool_parse(const char *s, int *out)
 {
-    if (!strcmp(s, "1") || !strcmp(s, "true")) *out = 1;
-    else if (!strcmp(s, "0") || !strcmp(s, "false")) *out = 0;
-    else return -1;
+    if (!strcmp(s, "1") || !strcmp(s, "true"))
+        *out = 1;
+    else if (!strcmp(s, "0") || !strcmp(s, "false"))
+        *out = 0;
+    else
+        return -1;
     return 0;
 }
 
@@ -230,8 +237,10 @@ static char *config_text(const st_pep_config *c)
 {
     char buf[128];
     char m[32];
-    if (c->max_items < 0) snprintf(m, sizeof m, "max");
-    else snprintf(m, sizeof m, "%lld", c->max_items);
+    if (c->max_items < 0)
+        snprintf(m, sizeof m, "max");
+    else
+        snprintf(m, sizeof m, "%lld", c->max_items);
     snprintf(buf, sizeof buf, "access_model=%s;max_items=%s;persist_items=%d",
              access_name(c->access), m, c->persist);
     return st_strdup(buf);
@@ -248,9 +257,12 @@ static void config_from_text(st_pep_config *c, const char *s, size_t len)
         if (!eq) continue;
         *eq++ = 0;
         int a;
-        if (!strcmp(kv, "access_model") && (a = access_parse(eq)) >= 0) c->access = a;
-        else if (!strcmp(kv, "max_items")) max_parse(eq, &c->max_items);
-        else if (!strcmp(kv, "persist_items")) bool_parse(eq, &c->persist);
+        if (!strcmp(kv, "access_model") && (a = access_parse(eq)) >= 0)
+            c->access = a;
+        else if (!strcmp(kv, "max_items"))
+            max_parse(eq, &c->max_items);
+        else if (!strcmp(kv, "persist_items"))
+            bool_parse(eq, &c->persist);
     }
 }
 
@@ -303,8 +315,10 @@ static void form_field(st_stanza *r, const char *var, const char *type, const ch
 static void config_form(st_stanza *r, const st_pep_config *c)
 {
     char m[32];
-    if (c->max_items < 0) snprintf(m, sizeof m, "max");
-    else snprintf(m, sizeof m, "%lld", c->max_items);
+    if (c->max_items < 0)
+        snprintf(m, sizeof m, "max");
+    else
+        snprintf(m, sizeof m, "%lld", c->max_items);
     st_tag(r, "x", NS_XDATA);
     st_attr_set(r, "type", "form");
     form_field(r, "FORM_TYPE", "hidden", FORM_NODE_CONFIG);
@@ -584,12 +598,15 @@ static void load_done(void *arg)
         }
     }
     svc->loaded = 1; /* even after an error: work on what we have */
+    svc->busy++;
     run_waiters(svc, u);
+    svc->busy--;
     maybe_evict(h, svc);
 out:
     if (u) st_user_release(u); /* held while loading */
     kvlist_free(&j->nodes);
-    for (size_t i = 0; j->items && i < j->nodes.n; i++) kvlist_free(&j->items[i]);
+    for (size_t i = 0; j->items && i < j->nodes.n; i++)
+        kvlist_free(&j->items[i]);
     st_free(j->items);
     st_free(j);
 }
@@ -598,7 +615,7 @@ out:
 static void maybe_evict(st_host *h, pep_service *svc)
 {
     pep_host *ph = host_state(h);
-    if (!ph || svc->loading || svc->waiters) return;
+    if (!ph || svc->loading || svc->waiters || svc->busy) return;
     st_user *u = st_user_find(h->srv, svc->bare);
     if (u && u->sessions) return;
     st_map_del(&ph->services, svc->bare);
@@ -626,7 +643,9 @@ static void roster_ready(st_user *u, void *ud)
         }
     }
     if (svc->loaded) {
+        svc->busy++;
         r->fn(svc, u, r->ud);
+        svc->busy--;
         st_free(r);
         maybe_evict(u->host, svc);
         return;
@@ -636,7 +655,8 @@ static void roster_ready(st_user *u, void *ud)
     w->fn = r->fn;
     w->ud = r->ud;
     pep_wait **pp = &svc->waiters;
-    while (*pp) pp = &(*pp)->next;
+    while (*pp)
+        pp = &(*pp)->next;
     *pp = w;
     st_free(r);
     if (svc->loading) return;
@@ -778,7 +798,8 @@ typedef struct fan_ctx {
 static int fan_contact(void *ud, st_roster_item *it)
 {
     fan_ctx *f = ud;
-    if (!st_roster_visible(it) || !has_from(it->sub) || !may_access(f->svc, f->owner, f->n, it->jid))
+    if (!st_roster_visible(it) || !has_from(it->sub) ||
+        !may_access(f->svc, f->owner, f->n, it->jid))
         return 0;
     st_user *cu = st_user_find(f->owner->srv, it->jid);
     for (st_session *x = cu ? cu->sessions : NULL; x; x = x->next_of_user)
@@ -846,8 +867,8 @@ static void send_last(pep_service *svc, st_user *owner, st_session *x)
 
 /* Publish as the owner. 0, or -1 with the error in *cond / *pscond. */
 static int do_publish(pep_service *svc, st_user *u, const char *node, const char *id,
-                      const st_node *payload, const st_pep_config *opts, int seen,
-                      int precondition, const char **cond, const char **pscond)
+                      const st_node *payload, const st_pep_config *opts, int seen, int precondition,
+                      const char **cond, const char **pscond)
 {
     st_host *h = u->host;
     pep_node *n = node_find(svc, node);
@@ -924,16 +945,20 @@ static void op_fail(op *o, const char *cond, const char *pscond, const char *fea
         if (feature) st_attr_set(e, "feature", feature);
         st_top(e);
     }
-    if (e && st_stanza_ok(e)) st_iq_pending_result(o->p, e);
-    else st_iq_pending_error(o->p, cond, NULL);
+    if (e && st_stanza_ok(e))
+        st_iq_pending_result(o->p, e);
+    else
+        st_iq_pending_error(o->p, cond, NULL);
     st_stanza_unref(e);
     st_free(o);
 }
 
 static void op_result(op *o, st_stanza *r)
 {
-    if (!r || st_stanza_ok(r)) st_iq_pending_result(o->p, r);
-    else st_iq_pending_error(o->p, "internal-server-error", NULL);
+    if (!r || st_stanza_ok(r))
+        st_iq_pending_result(o->p, r);
+    else
+        st_iq_pending_error(o->p, "internal-server-error", NULL);
     st_stanza_unref(r);
     st_free(o);
 }
@@ -951,29 +976,51 @@ static int valid_name(const char *s, size_t max)
 static void op_publish(op *o, pep_service *svc, st_user *u, st_node *pub, st_node *ps)
 {
     const char *node = st_attr_get(pub, "node");
-    if (!is_owner(svc, o->req)) { op_fail(o, "forbidden", NULL, NULL); return; }
-    if (!valid_name(node, MAX_NODE_NAME)) { op_fail(o, "bad-request", "nodeid-required", NULL); return; }
+    if (!is_owner(svc, o->req)) {
+        op_fail(o, "forbidden", NULL, NULL);
+        return;
+    }
+    if (!valid_name(node, MAX_NODE_NAME)) {
+        op_fail(o, "bad-request", "nodeid-required", NULL);
+        return;
+    }
     st_node *item = st_child(pub, "item", NS_PUBSUB);
-    if (!item) { op_fail(o, "bad-request", "item-required", NULL); return; }
+    if (!item) {
+        op_fail(o, "bad-request", "item-required", NULL);
+        return;
+    }
     st_node *payload = st_first_elem(item);
-    if (!payload) { op_fail(o, "bad-request", "payload-required", NULL); return; }
-    if (st_next_elem(payload)) { op_fail(o, "bad-request", "invalid-payload", NULL); return; }
+    if (!payload) {
+        op_fail(o, "bad-request", "payload-required", NULL);
+        return;
+    }
+    if (st_next_elem(payload)) {
+        op_fail(o, "bad-request", "invalid-payload", NULL);
+        return;
+    }
     char genid[64];
     const char *id = st_attr_get(item, "id");
     if (!id || !*id) {
         st_server_make_id(u->srv, genid, sizeof genid);
         id = genid;
     }
-    if (strlen(id) > MAX_ID) { op_fail(o, "not-acceptable", NULL, NULL); return; }
+    if (strlen(id) > MAX_ID) {
+        op_fail(o, "not-acceptable", NULL, NULL);
+        return;
+    }
     st_pep_config opts = default_config;
     int seen = 0;
     st_node *po = st_child(ps, "publish-options", NS_PUBSUB);
     st_node *x = po ? st_child(po, "x", NS_XDATA) : NULL;
-    if (x && form_read(x, &opts, &seen) != 0)
-        { op_fail(o, "conflict", "precondition-not-met", NULL); return; }
+    if (x && form_read(x, &opts, &seen) != 0) {
+        op_fail(o, "conflict", "precondition-not-met", NULL);
+        return;
+    }
     const char *cond, *pscond;
-    if (do_publish(svc, u, node, id, payload, &opts, seen, 1, &cond, &pscond) != 0)
-        { op_fail(o, cond, pscond, NULL); return; }
+    if (do_publish(svc, u, node, id, payload, &opts, seen, 1, &cond, &pscond) != 0) {
+        op_fail(o, cond, pscond, NULL);
+        return;
+    }
     st_stanza *r = reply_for(o);
     if (r) {
         st_tag(r, "pubsub", NS_PUBSUB);
@@ -988,16 +1035,26 @@ static void op_publish(op *o, pep_service *svc, st_user *u, st_node *pub, st_nod
 static void op_items(op *o, pep_service *svc, st_user *u, st_node *req)
 {
     const char *name = st_attr_get(req, "node");
-    if (!valid_name(name, MAX_NODE_NAME)) { op_fail(o, "bad-request", "nodeid-required", NULL); return; }
+    if (!valid_name(name, MAX_NODE_NAME)) {
+        op_fail(o, "bad-request", "nodeid-required", NULL);
+        return;
+    }
     pep_node *n = node_find(svc, name);
-    if (!n) { op_fail(o, "item-not-found", NULL, NULL); return; }
-    if (!may_access(svc, u, n, o->req))
-        { op_fail(o, n->cfg.access == ST_PEP_PRESENCE ? "not-authorized" : "not-allowed",
-                       n->cfg.access == ST_PEP_PRESENCE ? "presence-subscription-required"
-                                                        : "closed-node",
-                       NULL); return; }
+    if (!n) {
+        op_fail(o, "item-not-found", NULL, NULL);
+        return;
+    }
+    if (!may_access(svc, u, n, o->req)) {
+        op_fail(o, n->cfg.access == ST_PEP_PRESENCE ? "not-authorized" : "not-allowed",
+                n->cfg.access == ST_PEP_PRESENCE ? "presence-subscription-required" : "closed-node",
+                NULL);
+        return;
+    }
     st_stanza *r = reply_for(o);
-    if (!r) { op_result(o, NULL); return; }
+    if (!r) {
+        op_result(o, NULL);
+        return;
+    }
     st_tag(r, "pubsub", NS_PUBSUB);
     st_tag(r, "items", NULL);
     st_attr_set(r, "node", n->name);
@@ -1015,11 +1072,15 @@ static void op_items(op *o, pep_service *svc, st_user *u, st_node *req)
             long long v = strtoll(mi, &end, 10);
             if (end == mi || *end || v < 0) {
                 st_stanza_unref(r);
-                { op_fail(o, "bad-request", NULL, NULL); return; }
+                {
+                    op_fail(o, "bad-request", NULL, NULL);
+                    return;
+                }
             }
             if ((size_t)v < n->n) first = n->n - (size_t)v;
         }
-        for (size_t i = first; i < n->n; i++) add_item(r, &n->items[i]);
+        for (size_t i = first; i < n->n; i++)
+            add_item(r, &n->items[i]);
     }
     op_result(o, r);
 }
@@ -1029,30 +1090,59 @@ static void op_retract(op *o, pep_service *svc, st_user *u, st_node *req)
     const char *name = st_attr_get(req, "node");
     st_node *item = st_child(req, "item", NS_PUBSUB);
     const char *id = item ? st_attr_get(item, "id") : NULL;
-    if (!is_owner(svc, o->req)) { op_fail(o, "forbidden", NULL, NULL); return; }
-    if (!valid_name(name, MAX_NODE_NAME)) { op_fail(o, "bad-request", "nodeid-required", NULL); return; }
-    if (!id) { op_fail(o, "bad-request", "item-required", NULL); return; }
+    if (!is_owner(svc, o->req)) {
+        op_fail(o, "forbidden", NULL, NULL);
+        return;
+    }
+    if (!valid_name(name, MAX_NODE_NAME)) {
+        op_fail(o, "bad-request", "nodeid-required", NULL);
+        return;
+    }
+    if (!id) {
+        op_fail(o, "bad-request", "item-required", NULL);
+        return;
+    }
     pep_node *n = node_find(svc, name);
-    if (!n || do_retract(svc, u, n, id) != 0) { op_fail(o, "item-not-found", NULL, NULL); return; }
+    if (!n || do_retract(svc, u, n, id) != 0) {
+        op_fail(o, "item-not-found", NULL, NULL);
+        return;
+    }
     op_result(o, NULL);
 }
 
 static void op_create(op *o, pep_service *svc, st_user *u, st_node *req, st_node *ps)
 {
     const char *name = st_attr_get(req, "node");
-    if (!is_owner(svc, o->req)) { op_fail(o, "forbidden", NULL, NULL); return; }
+    if (!is_owner(svc, o->req)) {
+        op_fail(o, "forbidden", NULL, NULL);
+        return;
+    }
     /* instant nodes (no name) make no sense for PEP */
-    if (!valid_name(name, MAX_NODE_NAME)) { op_fail(o, "not-acceptable", "nodeid-required", NULL); return; }
-    if (node_find(svc, name)) { op_fail(o, "conflict", NULL, NULL); return; }
-    if ((long long)svc->nnodes >= st_host_opt_num(u->host, &mod_pep, "max_nodes"))
-        { op_fail(o, "not-allowed", "max-nodes-exceeded", NULL); return; }
+    if (!valid_name(name, MAX_NODE_NAME)) {
+        op_fail(o, "not-acceptable", "nodeid-required", NULL);
+        return;
+    }
+    if (node_find(svc, name)) {
+        op_fail(o, "conflict", NULL, NULL);
+        return;
+    }
+    if ((long long)svc->nnodes >= st_host_opt_num(u->host, &mod_pep, "max_nodes")) {
+        op_fail(o, "not-allowed", "max-nodes-exceeded", NULL);
+        return;
+    }
     st_pep_config cfg = default_config;
     int seen;
     st_node *conf = st_child(ps, "configure", NS_PUBSUB);
     st_node *x = conf ? st_child(conf, "x", NS_XDATA) : NULL;
-    if (x && form_read(x, &cfg, &seen) != 0) { op_fail(o, "not-acceptable", NULL, NULL); return; }
+    if (x && form_read(x, &cfg, &seen) != 0) {
+        op_fail(o, "not-acceptable", NULL, NULL);
+        return;
+    }
     pep_node *n = node_add(svc, name, &cfg);
-    if (!n) { op_fail(o, "internal-server-error", NULL, NULL); return; }
+    if (!n) {
+        op_fail(o, "internal-server-error", NULL, NULL);
+        return;
+    }
     store_config(u->srv, svc->bare, n);
     op_result(o, NULL);
 }
@@ -1062,18 +1152,36 @@ static void run_pubsub(op *o, pep_service *svc, st_user *u, st_node *ps)
     st_node *req = st_first_elem(ps);
     const char *verb = req && !strcmp(req->ns, NS_PUBSUB) ? req->name : "";
     if (o->type == ST_IQ_SET) {
-        if (!strcmp(verb, "publish")) { op_publish(o, svc, u, req, ps); return; }
-        if (!strcmp(verb, "retract")) { op_retract(o, svc, u, req); return; }
-        if (!strcmp(verb, "create")) { op_create(o, svc, u, req, ps); return; }
+        if (!strcmp(verb, "publish")) {
+            op_publish(o, svc, u, req, ps);
+            return;
+        }
+        if (!strcmp(verb, "retract")) {
+            op_retract(o, svc, u, req);
+            return;
+        }
+        if (!strcmp(verb, "create")) {
+            op_create(o, svc, u, req, ps);
+            return;
+        }
         if (!strcmp(verb, "subscribe") || !strcmp(verb, "unsubscribe"))
-            /* XEP-0163 §4.2: subscriptions are implicit, through caps */
-            { op_fail(o, "feature-not-implemented", "unsupported", "subscribe"); return; }
+        /* XEP-0163 §4.2: subscriptions are implicit, through caps */
+        {
+            op_fail(o, "feature-not-implemented", "unsupported", "subscribe");
+            return;
+        }
     } else {
-        if (!strcmp(verb, "items")) { op_items(o, svc, u, req); return; }
+        if (!strcmp(verb, "items")) {
+            op_items(o, svc, u, req);
+            return;
+        }
         if (!strcmp(verb, "subscriptions") || !strcmp(verb, "affiliations")) {
             st_stanza *r = reply_for(o);
             if (r) st_tag(r, "pubsub", NS_PUBSUB), st_tag(r, verb, NULL);
-            { op_result(o, r); return; }
+            {
+                op_result(o, r);
+                return;
+            }
         }
     }
     op_fail(o, "feature-not-implemented", "unsupported", verb);
@@ -1089,22 +1197,36 @@ static void op_configure(op *o, pep_service *svc, st_user *u, pep_node *n, st_no
             st_attr_set(r, "node", n->name);
             config_form(r, &n->cfg);
         }
-        { op_result(o, r); return; }
+        {
+            op_result(o, r);
+            return;
+        }
     }
     st_node *x = st_child(req, "x", NS_XDATA);
     const char *t = x ? st_attr_get(x, "type") : NULL;
-    if (!x) { op_fail(o, "bad-request", NULL, NULL); return; }
-    if (t && !strcmp(t, "cancel")) { op_result(o, NULL); return; }
+    if (!x) {
+        op_fail(o, "bad-request", NULL, NULL);
+        return;
+    }
+    if (t && !strcmp(t, "cancel")) {
+        op_result(o, NULL);
+        return;
+    }
     st_pep_config cfg = n->cfg;
     int seen;
-    if (form_read(x, &cfg, &seen) != 0) { op_fail(o, "not-acceptable", NULL, NULL); return; }
+    if (form_read(x, &cfg, &seen) != 0) {
+        op_fail(o, "not-acceptable", NULL, NULL);
+        return;
+    }
     n->cfg = cfg;
     size_t max = node_max(u->host, n);
-    while (n->n > max) item_remove_at(n, 0);
+    while (n->n > max)
+        item_remove_at(n, 0);
     store_config(u->srv, svc->bare, n);
     if (n->cfg.persist) {
         /* rewrite the items: persistence may just have been switched on */
-        for (size_t i = 0; i < n->n; i++) store_item(u->srv, u->host, svc->bare, n, &n->items[i]);
+        for (size_t i = 0; i < n->n; i++)
+            store_item(u->srv, u->host, svc->bare, n, &n->items[i]);
     } else {
         store_del_items(u->srv, svc->bare, n->name, NULL);
     }
@@ -1116,7 +1238,10 @@ static void run_owner(op *o, pep_service *svc, st_user *u, st_node *ps)
     st_node *req = st_first_elem(ps);
     const char *verb = req && !strcmp(req->ns, NS_OWNER) ? req->name : "";
     const char *name = req ? st_attr_get(req, "node") : NULL;
-    if (!is_owner(svc, o->req)) { op_fail(o, "forbidden", NULL, NULL); return; }
+    if (!is_owner(svc, o->req)) {
+        op_fail(o, "forbidden", NULL, NULL);
+        return;
+    }
     if (!strcmp(verb, "default") && o->type == ST_IQ_GET) {
         st_stanza *r = reply_for(o);
         if (r) {
@@ -1124,17 +1249,35 @@ static void run_owner(op *o, pep_service *svc, st_user *u, st_node *ps)
             st_tag(r, "default", NULL);
             config_form(r, &default_config);
         }
-        { op_result(o, r); return; }
+        {
+            op_result(o, r);
+            return;
+        }
     }
-    if (strcmp(verb, "configure") && strcmp(verb, "delete") && strcmp(verb, "purge"))
-        { op_fail(o, "feature-not-implemented", "unsupported", verb); return; }
-    if (!valid_name(name, MAX_NODE_NAME)) { op_fail(o, "bad-request", "nodeid-required", NULL); return; }
+    if (strcmp(verb, "configure") && strcmp(verb, "delete") && strcmp(verb, "purge")) {
+        op_fail(o, "feature-not-implemented", "unsupported", verb);
+        return;
+    }
+    if (!valid_name(name, MAX_NODE_NAME)) {
+        op_fail(o, "bad-request", "nodeid-required", NULL);
+        return;
+    }
     pep_node *n = node_find(svc, name);
-    if (!n) { op_fail(o, "item-not-found", NULL, NULL); return; }
-    if (!strcmp(verb, "configure")) { op_configure(o, svc, u, n, req); return; }
-    if (o->type != ST_IQ_SET) { op_fail(o, "bad-request", NULL, NULL); return; }
+    if (!n) {
+        op_fail(o, "item-not-found", NULL, NULL);
+        return;
+    }
+    if (!strcmp(verb, "configure")) {
+        op_configure(o, svc, u, n, req);
+        return;
+    }
+    if (o->type != ST_IQ_SET) {
+        op_fail(o, "bad-request", NULL, NULL);
+        return;
+    }
     if (!strcmp(verb, "purge")) {
-        while (n->n) item_remove_at(n, n->n - 1);
+        while (n->n)
+            item_remove_at(n, n->n - 1);
         store_del_items(u->srv, svc->bare, n->name, NULL);
         notify_node(svc, u, n, "purge");
     } else {
@@ -1149,14 +1292,30 @@ static void run_owner(op *o, pep_service *svc, st_user *u, st_node *ps)
 }
 
 static const char *const account_features[] = {
-    NS_INFO, NS_ITEMS, NS_PUBSUB,
-    NS_PUBSUB "#access-open", NS_PUBSUB "#access-presence", NS_PUBSUB "#access-whitelist",
-    NS_PUBSUB "#auto-create", NS_PUBSUB "#auto-subscribe", NS_PUBSUB "#config-node",
-    NS_PUBSUB "#create-and-configure", NS_PUBSUB "#create-nodes", NS_PUBSUB "#delete-items",
-    NS_PUBSUB "#delete-nodes", NS_PUBSUB "#filtered-notifications", NS_PUBSUB "#item-ids",
-    NS_PUBSUB "#last-published", NS_PUBSUB "#persistent-items", NS_PUBSUB "#presence-notifications",
-    NS_PUBSUB "#publish", NS_PUBSUB "#publish-options", NS_PUBSUB "#purge-nodes",
-    NS_PUBSUB "#retract-items", NS_PUBSUB "#retrieve-items", NS_PUBSUB "#retrieve-default",
+    NS_INFO,
+    NS_ITEMS,
+    NS_PUBSUB,
+    NS_PUBSUB "#access-open",
+    NS_PUBSUB "#access-presence",
+    NS_PUBSUB "#access-whitelist",
+    NS_PUBSUB "#auto-create",
+    NS_PUBSUB "#auto-subscribe",
+    NS_PUBSUB "#config-node",
+    NS_PUBSUB "#create-and-configure",
+    NS_PUBSUB "#create-nodes",
+    NS_PUBSUB "#delete-items",
+    NS_PUBSUB "#delete-nodes",
+    NS_PUBSUB "#filtered-notifications",
+    NS_PUBSUB "#item-ids",
+    NS_PUBSUB "#last-published",
+    NS_PUBSUB "#persistent-items",
+    NS_PUBSUB "#presence-notifications",
+    NS_PUBSUB "#publish",
+    NS_PUBSUB "#publish-options",
+    NS_PUBSUB "#purge-nodes",
+    NS_PUBSUB "#retract-items",
+    NS_PUBSUB "#retrieve-items",
+    NS_PUBSUB "#retrieve-default",
     NULL,
 };
 
@@ -1181,7 +1340,10 @@ static void run_info(op *o, pep_service *svc, st_user *u, st_node *q)
     st_stanza *r = NULL;
     if (name) { /* §5.3 node meta-data */
         pep_node *n = node_find(svc, name);
-        if (!n || !may_access(svc, u, n, o->req)) { op_fail(o, "item-not-found", NULL, NULL); return; }
+        if (!n || !may_access(svc, u, n, o->req)) {
+            op_fail(o, "item-not-found", NULL, NULL);
+            return;
+        }
         if ((r = reply_for(o))) {
             st_tag(r, "query", NS_INFO);
             st_attr_set(r, "node", n->name);
@@ -1193,13 +1355,17 @@ static void run_info(op *o, pep_service *svc, st_user *u, st_node *q)
             form_field(r, "pubsub#access_model", NULL, access_name(n->cfg.access));
             form_field(r, "pubsub#owner", NULL, svc->bare);
         }
-        { op_result(o, r); return; }
+        {
+            op_result(o, r);
+            return;
+        }
     }
     if ((r = reply_for(o))) {
         st_tag(r, "query", NS_INFO);
         add_identity(r, "account", "registered");
         add_identity(r, "pubsub", "pep"); /* XEP-0163 §6.1 */
-        for (const char *const *f = account_features; *f; f++) add_feature(r, *f);
+        for (const char *const *f = account_features; *f; f++)
+            add_feature(r, *f);
         /* XEP-0402 §5.3: we keep XEP-0048 private XML in sync */
         if (st_host_has(u->host, "bookmarks")) add_feature(r, "urn:xmpp:bookmarks:1#compat");
     }
@@ -1210,13 +1376,19 @@ static void run_items(op *o, pep_service *svc, st_user *u, st_node *q)
 {
     const char *name = st_attr_get(q, "node");
     st_stanza *r = reply_for(o);
-    if (!r) { op_result(o, NULL); return; }
+    if (!r) {
+        op_result(o, NULL);
+        return;
+    }
     st_tag(r, "query", NS_ITEMS);
     if (name) {
         pep_node *n = node_find(svc, name);
         if (!n || !may_access(svc, u, n, o->req)) {
             st_stanza_unref(r);
-            { op_fail(o, "item-not-found", NULL, NULL); return; }
+            {
+                op_fail(o, "item-not-found", NULL, NULL);
+                return;
+            }
         }
         st_attr_set(r, "node", n->name);
         for (size_t i = 0; i < n->n; i++) {
@@ -1240,22 +1412,43 @@ static void run_items(op *o, pep_service *svc, st_user *u, st_node *q)
 static void run_op(pep_service *svc, st_user *u, void *ud)
 {
     op *o = ud;
-    if (!svc || !u->roster) { op_fail(o, "internal-server-error", NULL, NULL); return; }
+    if (!svc || !u->roster) {
+        op_fail(o, "internal-server-error", NULL, NULL);
+        return;
+    }
     /* RFC 6121 §8.5.1: for an account that does not exist, the IQ has no answerer */
-    if (!u->roster->exists) { op_fail(o, "service-unavailable", NULL, NULL); return; }
+    if (!u->roster->exists) {
+        op_fail(o, "service-unavailable", NULL, NULL);
+        return;
+    }
     st_node *q = st_first_elem(st_iq_pending_iq(o->p)->root);
-    if (!q) { op_fail(o, "bad-request", NULL, NULL); return; }
+    if (!q) {
+        op_fail(o, "bad-request", NULL, NULL);
+        return;
+    }
     switch (o->kind) {
-    case K_PUBSUB: { run_pubsub(o, svc, u, q); return; }
-    case K_OWNER: { run_owner(o, svc, u, q); return; }
-    case K_INFO: { run_info(o, svc, u, q); return; }
-    case K_ITEMS: { run_items(o, svc, u, q); return; }
+    case K_PUBSUB: {
+        run_pubsub(o, svc, u, q);
+        return;
+    }
+    case K_OWNER: {
+        run_owner(o, svc, u, q);
+        return;
+    }
+    case K_INFO: {
+        run_info(o, svc, u, q);
+        return;
+    }
+    case K_ITEMS: {
+        run_items(o, svc, u, q);
+        return;
+    }
     }
 }
 
 static st_verdict start(st_iq_ctx *c, enum kind k)
 {
-    const char *owner = c->to ? c->to->node : c->from->node;
+    const char *owner = !c->from ? NULL : c->to ? c->to->node : c->from->node;
     if (!owner || !c->from->node) {
         st_iq_error(c, "service-unavailable", NULL);
         return ST_HANDLED;
@@ -1378,9 +1571,7 @@ static st_verdict presence_in(st_server *s, st_host *h, st_stanza *st, const st_
     return ST_PASS;
 }
 
-static void noop(pep_service *svc, st_user *u, void *ud)
-{
-}
+static void noop(pep_service *svc, st_user *u, void *ud) {}
 
 static void session_bound(st_session *x)
 {
@@ -1394,7 +1585,7 @@ static void session_end(st_session *x)
     pep_host *ph = host_state(x->host);
     pep_service *svc = ph ? st_map_get(&ph->services, x->bare) : NULL;
     /* the ending session is still listed: it is the last if it is alone */
-    if (svc && x->user->nsessions <= 1 && !svc->loading && !svc->waiters) {
+    if (svc && x->user->nsessions <= 1 && !svc->loading && !svc->waiters && !svc->busy) {
         st_map_del(&ph->services, svc->bare);
         service_free(svc);
     }
@@ -1419,8 +1610,8 @@ static void pub_ready(pep_service *svc, st_user *u, void *ud)
         if (r->retract) {
             pep_node *n = node_find(svc, r->node);
             if (n) do_retract(svc, u, n, r->id);
-        } else if (do_publish(svc, u, r->node, r->id, r->payload->root, &r->cfg, r->seen, 0,
-                              &cond, &pscond) != 0) {
+        } else if (do_publish(svc, u, r->node, r->id, r->payload->root, &r->cfg, r->seen, 0, &cond,
+                              &pscond) != 0) {
             st_warn("mod_pep", "%s: could not publish %s on %s: %s", u->bare, r->id, r->node, cond);
         }
     }
@@ -1471,7 +1662,8 @@ int st_pep_peek(st_host *h, const char *owner_bare, const char *node,
     pep_service *svc = ph ? st_map_get(&ph->services, owner_bare) : NULL;
     pep_node *n = svc && svc->loaded ? node_find(svc, node) : NULL;
     if (!n) return 0;
-    for (size_t i = 0; i < n->n; i++) fn(ud, n->items[i].id, n->items[i].payload->root);
+    for (size_t i = 0; i < n->n; i++)
+        fn(ud, n->items[i].id, n->items[i].payload->root);
     return 1;
 }
 
@@ -1483,8 +1675,10 @@ typedef struct with_req {
 static void with_ready(pep_service *svc, st_user *u, void *ud)
 {
     with_req *w = ud;
-    if (svc && u) w->fn(w->ud, u->host, u->bare);
-    else w->fn(w->ud, NULL, NULL);
+    if (svc && u)
+        w->fn(w->ud, u->host, u->bare);
+    else
+        w->fn(w->ud, NULL, NULL);
     st_free(w);
 }
 
