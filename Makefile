@@ -78,6 +78,11 @@ $(BUILD)/tests/%: tests/integration/%.c
 # libFuzzer targets always build with clang, ASan and UBSan.
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -Iinclude -I. -fsanitize=fuzzer,address,undefined \
                -DSTARLING_VERSION=\"$(shell cat VERSION)\"
+# The c2s target runs a whole in-process server, so it links server/ too.
+build-fuzz/fuzz_c2s: tests/fuzz/fuzz_c2s.c $(CORE_SRC) $(SERVER_SRC) $(wildcard include/starling/*.h server/*.h server/*/*.h)
+	@mkdir -p build-fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $< $(CORE_SRC) $(SERVER_SRC) $(LIBS)
+
 build-fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard include/starling/*.h core/*.h)
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(CORE_SRC) $(LIBS)
@@ -113,3 +118,17 @@ format:
 
 clean:
 	rm -rf build build-asan build-fuzz
+
+# ---- benchmarks (bench/): the load generator and the side-by-side run ----
+# `make bench` builds build/bench/loadgen and runs nothing;
+# `make bench-compare` runs bench/compare (Prosody, ejabberd; see docs/performance.md).
+.PHONY: bench bench-compare
+bench: all $(BUILD)/bench/loadgen
+
+$(BUILD)/bench/loadgen: bench/loadgen.c $(BUILD)/libstarling-core.a $(wildcard include/starling/*.h)
+	@mkdir -p $(dir $@)
+	gcc -std=gnu11 -g -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude -o $@ $< \
+	    $(BUILD)/libstarling-core.a -lexpat -lssl -lcrypto -lidn
+
+bench-compare: bench
+	bench/compare $(COMPARE_ARGS)
