@@ -395,6 +395,7 @@ struct st_scram_server {
     st_buf first_bare;              /* client-first-message-bare */
     st_buf server_first;
     st_buf nonce;                   /* c-nonce + s-nonce */
+    st_buf ssdp;                    /* XEP-0474 "h" value (base64), empty if unused */
     st_scram_cred cred;
     int fake;                       /* unknown user: never succeed */
 };
@@ -429,6 +430,7 @@ st_scram_server *st_scram_server_new(st_scram_hash h, int plus, int plus_adverti
     st_buf_init(&ss->first_bare, SCRAM_MSG_MAX);
     st_buf_init(&ss->server_first, SCRAM_MSG_MAX);
     st_buf_init(&ss->nonce, SCRAM_MSG_MAX);
+    st_buf_init(&ss->ssdp, 256);
     return ss;
 }
 
@@ -443,6 +445,7 @@ void st_scram_server_free(st_scram_server *ss)
     st_buf_free(&ss->first_bare);
     st_buf_free(&ss->server_first);
     st_buf_free(&ss->nonce);
+    st_buf_free(&ss->ssdp);
     OPENSSL_cleanse(ss, sizeof *ss);
     st_free(ss);
 }
@@ -466,6 +469,61 @@ st_scram_hash st_scram_server_hash(const st_scram_server *ss)
 const char *st_scram_server_username(const st_scram_server *ss)
 {
     return ss->username;
+}
+
+/* ---- XEP-0474 downgrade protection ---- */
+
+static int cmp_name(const void *a, const void *b)
+{
+    /* strcmp compares as unsigned char: the i;octet collation (RFC 4790 §9.3) */
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Append the names sorted, joined with %x1E. */
+static int append_sorted(st_buf *s, const char *const *names, size_t n)
+{
+    const char *sorted[ST_SCRAM_SSDP_MAX];
+    if (n > ST_SCRAM_SSDP_MAX)
+        return -1;
+    if (n == 0)
+        return 0;
+    memcpy(sorted, names, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, cmp_name);
+    for (size_t i = 0; i < n; i++)
+        if ((i && st_buf_append(s, "\x1e", 1) != 0) || st_buf_appends(s, sorted[i]) != 0)
+            return -1;
+    return 0;
+}
+
+int st_scram_ssdp_value(st_scram_hash h, const char *const *mechs, size_t nmechs,
+                        const char *const *cb_types, size_t ncb, st_buf *out)
+{
+    unsigned char md[ST_SCRAM_KEY_MAX];
+    st_buf s;
+    int rc = -1;
+    st_buf_init(&s, 4096);
+    if (st_scram_hash_len(h) == 0 || (nmechs && !mechs))
+        goto done;
+    if (append_sorted(&s, mechs, nmechs) != 0)
+        goto done;
+    if (cb_types && ncb &&
+        (st_buf_append(&s, "\x1f", 1) != 0 || append_sorted(&s, cb_types, ncb) != 0))
+        goto done;
+    if (digest(h, s.len ? s.data : "", s.len, md) != 0)
+        goto done;
+    rc = st_base64_encode(md, st_scram_hash_len(h), out);
+done:
+    st_buf_free(&s);
+    return rc;
+}
+
+int st_scram_server_set_ssdp(st_scram_server *ss, const char *const *mechs, size_t nmechs,
+                             const char *const *cb_types, size_t ncb)
+{
+    if (ss->state != SS_NEW && ss->state != SS_STARTED)
+        return -1;
+    st_buf_reset(&ss->ssdp);
+    return st_scram_ssdp_value(ss->h, mechs, nmechs, cb_types, ncb, &ss->ssdp);
 }
 
 /* Check the gs2-cbind-flag against what was negotiated. NULL = fine. */
@@ -636,6 +694,11 @@ int st_scram_server_challenge(st_scram_server *ss, const st_scram_cred *cred, st
         st_buf_appends(sf, ",s=") != 0 ||
         st_base64_encode(ss->cred.salt, ss->cred.salt_len, sf) != 0 ||
         st_buf_printf(sf, ",i=%u", ss->cred.iterations) != 0)
+        return -1;
+    /* XEP-0474: an extension attribute, so it is covered by AuthMessage and
+     * thus by the client's proof; unknown users get it too (same shape). */
+    if (ss->ssdp.len && (st_buf_appends(sf, ",h=") != 0 ||
+                         st_buf_append(sf, ss->ssdp.data, ss->ssdp.len) != 0))
         return -1;
     if (st_buf_append(out, sf->data, sf->len) != 0)
         return -1;

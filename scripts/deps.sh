@@ -1,7 +1,8 @@
 #!/bin/sh
-# Install the Debian packages Starling needs to build, run and test.
-# Idempotent and quiet when everything is present; needs root (or sudo) only
-# when something is missing.
+# Install the Debian packages Starling needs to build, run and test, and the
+# npm packages of the xmpp.js interop test (tests/integration/js, pinned by
+# its package-lock.json). Idempotent and quiet when everything is present;
+# needs root (or sudo) only when a Debian package is missing.
 set -e
 PKGS="gcc make pkg-config clang libclang-rt-14-dev openssl
 libexpat1-dev libssl-dev libsqlite3-dev libidn-dev
@@ -13,12 +14,25 @@ for p in $PKGS; do
         missing="$missing $p"
     fi
 done
-[ -z "$missing" ] && exit 0
+# node may come from elsewhere than Debian (nvm, NodeSource): only ask apt
+# for it when there is none at all.
+command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm"
 
-echo "installing:$missing"
-SUDO=""
-[ "$(id -u)" -ne 0 ] && SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-# shellcheck disable=SC2086
-$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+if [ -n "$missing" ]; then
+    echo "installing:$missing"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# npm ci only when node_modules is missing or older than the lock file
+# (npm keeps its own copy of the lock in node_modules/.package-lock.json).
+JS="$(dirname "$0")/../tests/integration/js"
+if [ ! -f "$JS/node_modules/.package-lock.json" ] ||
+    [ "$JS/package-lock.json" -nt "$JS/node_modules/.package-lock.json" ]; then
+    echo "installing: xmpp.js test packages (npm ci in tests/integration/js)"
+    npm ci --prefix "$JS" --no-audit --no-fund --loglevel=error >/dev/null
+fi

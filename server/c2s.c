@@ -1,4 +1,5 @@
-/* c2s.c - client connections: stream negotiation, TLS, SASL, bind.
+/* c2s.c - client connections: stream negotiation, TLS, SASL and SASL2, bind
+ * and Bind2.
  *
  * Design note. A connection is a small state machine driven by two inputs:
  * socket readiness (loop callbacks) and parsed elements (xmlstream
@@ -8,6 +9,8 @@
  *   accept -> [direct TLS handshake] -> header -> features
  *          -> [<starttls/> -> TLS handshake -> header -> features]
  *          -> <auth/> ... <success/> -> header -> features -> bind -> BOUND
+ *          or <authenticate/> ... <success/> (XEP-0388: no restart; Bind2,
+ *             SM resumption and FAST tokens inline, XEP-0386/0198/0484) -> BOUND
  *
  * Fairness and limits live here because they are per connection: a token
  * bucket on bytes read (c2s_rate/c2s_burst), a read budget per loop
@@ -21,6 +24,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <stdint.h>
@@ -28,11 +33,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include "server/c2s.h"
 #include "server/guard.h"
 #include "server/sm.h"
 #include "server/csi.h"
+#include "server/fast.h"
 #include "server/log.h"
 #include "server/tls.h"
 #include "starling/alloc.h"
@@ -47,6 +54,10 @@
 #define MAX_HELD 8
 #define NS_SASL_CB "urn:xmpp:sasl-cb:0"
 #define NS_LIMITS "urn:xmpp:stream-limits:0"
+#define NS_SASL2 "urn:xmpp:sasl:2"
+#define NS_BIND2 "urn:xmpp:bind:0"
+#define NS_CARBONS "urn:xmpp:carbons:2"
+#define BIND2_TAG_MAX 32 /* bytes of a client's <tag/> kept in its resource */
 
 enum c2s_state {
     C_TLS_ACCEPT,  /* direct TLS or after <proceed/>: handshake running */
@@ -56,7 +67,7 @@ enum c2s_state {
     C_CLOSED,
 };
 
-enum sasl_mech { M_NONE, M_PLAIN, M_SCRAM };
+enum sasl_mech { M_NONE, M_PLAIN, M_SCRAM, M_HT };
 
 struct st_conn {
     st_server *srv;
@@ -89,6 +100,13 @@ struct st_conn {
     size_t cb_endpoint_len;
     st_stanza *held[MAX_HELD]; /* elements that arrived while sasl_pending */
     size_t nheld;
+    /* SASL2 (XEP-0388), for the current attempt */
+    int sasl2;               /* this attempt speaks SASL2 */
+    st_stanza *sasl2_req;    /* its <authenticate/>: the inline requests */
+    char *agent;             /* <user-agent id/>, NULL if none */
+    st_buf sasl2_data;       /* <additional-data/> for <success/> */
+    char fast_secret[ST_FAST_SECRET_MAX]; /* a token to hand out, "" if none; wiped */
+    st_fast_token fast_next;              /* its stored record */
 
     st_session *session;
 
@@ -221,6 +239,7 @@ st_conn *st_conn_accept(st_server *s, int fd, const char *peer, int direct_tls)
         if (rb) *rb = '\0';
     }
     st_buf_init(&c->out, s->cfg->max_send_queue);
+    st_buf_init(&c->sasl2_data, 1024);
     c->xs = new_parser(c);
     if (!c->xs) goto fail;
     c->tokens = (double)s->cfg->c2s_burst;
@@ -263,6 +282,11 @@ static void conn_free(void *ud)
     st_conn *c = ud;
     for (size_t i = 0; i < c->nheld; i++) st_stanza_unref(c->held[i]);
     st_scram_server_free(c->scram);
+    st_stanza_unref(c->sasl2_req);
+    st_free(c->agent);
+    if (c->sasl2_data.data) OPENSSL_cleanse(c->sasl2_data.data, c->sasl2_data.len);
+    st_buf_free(&c->sasl2_data);
+    OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
     st_xmlstream_free(c->xs);
     if (c->ssl) SSL_free(c->ssl);
     st_buf_free(&c->out);
@@ -668,6 +692,11 @@ static const struct {
     {"SCRAM-SHA-1", 0},        {"PLAIN", 0},
 };
 
+static int fast_enabled(const st_conn *c)
+{
+    return c->secure && c->srv->cfg->fast_token_lifetime > 0;
+}
+
 /* Is this mechanism available on this connection right now? */
 static int mech_offered(const st_conn *c, const char *name)
 {
@@ -678,27 +707,85 @@ static int mech_offered(const st_conn *c, const char *name)
     return 1;
 }
 
+/* The mechanisms this stream offers, in offer order (out: >= 8 slots). */
+static size_t advertised_mechs(const st_conn *c, const char **out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof mechs / sizeof mechs[0]; i++)
+        if (mech_offered(c, mechs[i].name)) out[n++] = mechs[i].name;
+    return n;
+}
+
+/* The XEP-0440 channel-binding types this stream advertises (out: >= 2). */
+static size_t advertised_cbs(const st_conn *c, const char **out)
+{
+    const st_config *cfg = c->srv->cfg;
+    size_t n = 0;
+    if (!st_config_mech_enabled(cfg, "SCRAM-SHA-256-PLUS") &&
+        !st_config_mech_enabled(cfg, "SCRAM-SHA-1-PLUS"))
+        return 0;
+    if (c->cb_exporter_len) out[n++] = "tls-exporter";
+    if (c->cb_endpoint_len) out[n++] = "tls-server-end-point";
+    return n;
+}
+
+/* Does a module of this host take this IQ set payload from an account? */
+static int host_handles_set(const st_host *h, const char *ns, const char *name)
+{
+    for (size_t i = 0; i < h->nmods; i++)
+        for (const st_iq_handler *ih = h->mods[i]->iqs; ih && ih->ns; ih++)
+            if ((ih->types & ST_IQ_SET) && (ih->where & ST_TO_ACCOUNT) &&
+                strcmp(ih->ns, ns) == 0 && (!ih->name || strcmp(ih->name, name) == 0))
+                return 1;
+    return 0;
+}
+
+static void add_feature_var(st_stanza *f, const char *var)
+{
+    st_tag(f, "feature", NULL);
+    st_attr_set(f, "var", var);
+    st_up(f);
+}
+
+/* XEP-0388 <authentication/> with what can be done inline: Bind2 (and the
+ * session features it can enable), FAST, SM resumption. */
+static void add_sasl2(st_conn *c, st_stanza *f, const char *const *ms, size_t nm)
+{
+    st_tag(f, "authentication", NS_SASL2);
+    for (size_t i = 0; i < nm; i++) st_text_tag(f, "mechanism", ms[i]);
+    st_tag(f, "inline", NULL);
+    st_tag(f, "bind", NS_BIND2); /* XEP-0386 §2.1 */
+    st_tag(f, "inline", NULL);
+    if (host_handles_set(c->host, NS_CARBONS, "enable")) add_feature_var(f, NS_CARBONS);
+    add_feature_var(f, ST_NS_CSI);
+    add_feature_var(f, ST_NS_SM);
+    st_up(f);
+    st_up(f);
+    if (fast_enabled(c)) {
+        st_tag(f, "fast", ST_NS_FAST); /* XEP-0484 §3.1: the token mechanisms */
+        st_text_tag(f, "mechanism", ST_FAST_HT_NONE);
+        st_up(f);
+    }
+    st_tag(f, "sm", ST_NS_SM); /* XEP-0198 §7: <resume/> inside <authenticate/> */
+    st_up(f);
+    st_up(f);
+    st_up(f);
+}
+
 static void add_mechanisms(st_conn *c, st_stanza *f)
 {
-    int cb = c->cb_endpoint_len || c->cb_exporter_len;
-    const st_config *cfg = c->srv->cfg;
+    const char *ms[8], *cbs[2];
+    size_t nm = advertised_mechs(c, ms), ncb = advertised_cbs(c, cbs);
     st_tag(f, "mechanisms", ST_NS_SASL);
-    for (size_t i = 0; i < sizeof mechs / sizeof mechs[0]; i++)
-        if (mech_offered(c, mechs[i].name)) st_text_tag(f, "mechanism", mechs[i].name);
+    for (size_t i = 0; i < nm; i++) st_text_tag(f, "mechanism", ms[i]);
     st_up(f);
-    cb = cb && (st_config_mech_enabled(cfg, "SCRAM-SHA-256-PLUS") ||
-                st_config_mech_enabled(cfg, "SCRAM-SHA-1-PLUS"));
-    if (cb) {
+    add_sasl2(c, f, ms, nm);
+    if (ncb) {
         /* XEP-0440: which channel-binding types we can do on this stream */
         st_tag(f, "sasl-channel-binding", NS_SASL_CB);
-        if (c->cb_exporter_len) {
+        for (size_t i = 0; i < ncb; i++) {
             st_tag(f, "channel-binding", NULL);
-            st_attr_set(f, "type", "tls-exporter");
-            st_up(f);
-        }
-        if (c->cb_endpoint_len) {
-            st_tag(f, "channel-binding", NULL);
-            st_attr_set(f, "type", "tls-server-end-point");
+            st_attr_set(f, "type", cbs[i]);
             st_up(f);
         }
         st_up(f);
@@ -816,13 +903,37 @@ static void restart_stream(st_conn *c)
     st_xmlstream_restart(c->xs);
 }
 
-/* ---- SASL (RFC 6120 §6) ---- */
+/* ---- SASL (RFC 6120 §6) and SASL2 (XEP-0388) ----
+ *
+ * Both profiles share the mechanisms, the credential lookup, the guard and
+ * the failure count; they differ in the wrapping. SASL1 speaks <auth/>,
+ * <challenge/>, <response/>, <success/> in the xmpp-sasl namespace and
+ * restarts the stream after success. SASL2 speaks <authenticate/> and the
+ * rest in urn:xmpp:sasl:2; its <authenticate/> also carries the requests
+ * to run once authenticated (FAST <request-token/>, SM <resume/>, Bind2
+ * <bind/>), and its <success/> ends negotiation without a restart.
+ * c->sasl2 says which profile the current attempt uses; the request stays
+ * referenced (c->sasl2_req) until the attempt ends either way. */
+
+/* Forget the current SASL2 attempt (its request, agent and any secret). */
+static void sasl2_reset(st_conn *c)
+{
+    c->sasl2 = 0;
+    st_stanza_unref(c->sasl2_req);
+    c->sasl2_req = NULL;
+    st_free(c->agent);
+    c->agent = NULL;
+    if (c->sasl2_data.data) OPENSSL_cleanse(c->sasl2_data.data, c->sasl2_data.len);
+    st_buf_reset(&c->sasl2_data);
+    OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
+    memset(&c->fast_next, 0, sizeof c->fast_next);
+}
 
 static void sasl_send(st_conn *c, const char *name, const char *payload, size_t n)
 {
     st_buf b;
     st_buf_init(&b, 0);
-    st_buf_printf(&b, "<%s xmlns='%s'>", name, ST_NS_SASL);
+    st_buf_printf(&b, "<%s xmlns='%s'>", name, c->sasl2 ? NS_SASL2 : ST_NS_SASL);
     if (payload && n) st_base64_encode(payload, n, &b);
     else if (payload && strcmp(name, "success") != 0) st_buf_appends(&b, "=");
     if (st_buf_printf(&b, "</%s>", name) == 0) st_conn_send_raw(c, b.data, b.len);
@@ -833,7 +944,11 @@ static void sasl_fail(st_conn *c, const char *condition, const char *text)
 {
     st_buf b;
     st_buf_init(&b, 0);
-    st_buf_printf(&b, "<failure xmlns='%s'><%s/>", ST_NS_SASL, condition);
+    /* XEP-0388 §2.6.3: the RFC 6120 condition, in its own namespace */
+    if (c->sasl2)
+        st_buf_printf(&b, "<failure xmlns='%s'><%s xmlns='%s'/>", NS_SASL2, condition, ST_NS_SASL);
+    else
+        st_buf_printf(&b, "<failure xmlns='%s'><%s/>", ST_NS_SASL, condition);
     if (text) {
         st_buf_appends(&b, "<text xml:lang='en'>");
         st_buf_append_escaped(&b, text, strlen(text));
@@ -844,6 +959,7 @@ static void sasl_fail(st_conn *c, const char *condition, const char *text)
     st_scram_server_free(c->scram);
     c->scram = NULL;
     c->mech = M_NONE;
+    sasl2_reset(c);
     if (strcmp(condition, "aborted") == 0) return;
     /* RFC 6120 §6.4.5: a reasonable number of retries, then close. */
     if (++c->sasl_failures >= c->srv->cfg->sasl_max_failures)
@@ -878,6 +994,10 @@ static void on_fail_timer(st_loop *l, st_timer *t)
     st_conn_unref(c);
 }
 
+static void sasl2_after_auth(st_conn *c);
+
+/* final: the mechanism's last message (SCRAM server-final, HT responder),
+ * sent as SASL1 <success/> text or SASL2 <additional-data/>. */
 static void sasl_succeed(st_conn *c, const char *user, const char *final, size_t n)
 {
     st_free(c->username);
@@ -890,10 +1010,18 @@ static void sasl_succeed(st_conn *c, const char *user, const char *final, size_t
     st_guard_auth_ok(c->srv, c->account);
     st_scram_server_free(c->scram);
     c->scram = NULL;
-    st_info("c2s", "client %s: authenticated as %s@%s (%s)", c->peer, user, c->host->name,
-            c->mech_name);
-    sasl_send(c, "success", final, n);
-    restart_stream(c);
+    st_info("c2s", "client %s: authenticated as %s@%s (%s%s)", c->peer, user, c->host->name,
+            c->mech_name, c->sasl2 ? ", SASL2" : "");
+    if (!c->sasl2) {
+        sasl_send(c, "success", final, n);
+        restart_stream(c);
+        return;
+    }
+    if (final && n && st_buf_append(&c->sasl2_data, final, n) != 0) {
+        st_conn_close(c, "internal-server-error", NULL);
+        return;
+    }
+    sasl2_after_auth(c);
 }
 
 typedef struct cred_job {
@@ -920,14 +1048,29 @@ static void cred_work(void *h, void *arg)
 
 static void process_held(st_conn *c)
 {
-    size_t n = c->nheld;
+    size_t n = c->nheld, i = 0;
     st_stanza *held[MAX_HELD];
     memcpy(held, c->held, n * sizeof *held);
     c->nheld = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (c->state == C_OPEN && !c->sasl_pending) handle_element(c, held[i]);
+    for (; i < n && c->state == C_OPEN && !c->sasl_pending; i++) {
+        handle_element(c, held[i]);
         st_stanza_unref(held[i]);
     }
+    /* An element that started another storage round trip (a SASL2 login
+     * storing its FAST token) leaves the rest waiting for that one. */
+    for (; i < n; i++) {
+        if (c->state == C_OPEN && c->nheld < MAX_HELD) c->held[c->nheld++] = held[i];
+        else st_stanza_unref(held[i]);
+    }
+}
+
+/* After a storage round trip of the authentication: answer what was held
+ * and read what the client sent meanwhile. */
+static void sasl_resume_input(st_conn *c)
+{
+    if (c->state != C_OPEN) return;
+    process_held(c);
+    if (c->state == C_OPEN || c->state == C_WAIT_HEADER) pause_reading(c, 0);
 }
 
 static void cred_done(void *arg)
@@ -940,7 +1083,10 @@ static void cred_done(void *arg)
         sasl_fail(c, "temporary-auth-failure", NULL);
     } else if (c->mech == M_PLAIN) {
         if (j->plain_ok) {
-            if (c->nheld) {
+            /* SASL1 restarts the stream after success: what came after
+             * <auth/> belongs to a stream that will not exist. SASL2 does
+             * not restart, so pipelined stanzas simply follow. */
+            if (c->nheld && !c->sasl2) {
                 st_conn_close(c, "policy-violation", "pipelining is not supported");
                 goto out;
             }
@@ -960,9 +1106,7 @@ static void cred_done(void *arg)
             sasl_fail(c, "temporary-auth-failure", NULL);
         st_buf_free(&b);
     }
-    process_held(c);
-    /* resume reading what the client sent meanwhile */
-    if (c->state == C_OPEN || c->state == C_WAIT_HEADER) pause_reading(c, 0);
+    sasl_resume_input(c);
 out:
     OPENSSL_cleanse(&j->creds, sizeof j->creds);
     if (j->password) st_free(j->password);
@@ -991,27 +1135,224 @@ static int submit_cred_job(st_conn *c, const char *user, const char *password)
     return 0;
 }
 
-/* Decode the base64 payload of <auth>/<response>. "=" means empty. */
+/* Decode the base64 payload of <auth>/<response>/<initial-response>. "="
+ * means empty (RFC 6120 §6.4.2); n NULL (no initial response) too. */
 static int sasl_payload(const st_node *n, st_buf *out)
 {
+    if (!n) return 0;
     const char *t = st_node_text(n);
     size_t len = strlen(t);
     while (len && (t[len - 1] == ' ' || t[len - 1] == '\n' || t[len - 1] == '\r' ||
                    t[len - 1] == '\t'))
         len--;
+    while (len && (*t == ' ' || *t == '\n' || *t == '\r' || *t == '\t')) t++, len--;
     if (len == 1 && t[0] == '=') return 0;
     return st_base64_decode(t, len, out);
 }
 
-static void sasl_auth(st_conn *c, const st_node *n)
+/* ---- FAST token logins and issue (XEP-0484) ---- */
+
+typedef struct fast_job {
+    st_conn *c;
+    st_fast_login l;
+} fast_job;
+
+static void fast_login_work(void *h, void *arg)
 {
-    const char *mech = st_attr_get(n, "mechanism");
-    st_buf in;
-    char user[1024];
-    if (c->authenticated || c->sasl_pending || c->mech != M_NONE) {
-        st_conn_close(c, "policy-violation", "authentication already in progress or done");
+    fast_job *j = arg;
+    st_fast_login_work(st_storage_ops(j->c->srv->store), h, &j->l);
+}
+
+static void fast_login_done(void *arg)
+{
+    fast_job *j = arg;
+    st_conn *c = j->c;
+    c->sasl_pending = 0;
+    if (c->state != C_OPEN) goto out;
+    if (j->l.result == 0) {
+        /* no successor stored: nothing to hand out */
+        if (!j->l.rotated) OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
+        sasl_succeed(c, j->l.user, (const char *)j->l.responder, sizeof j->l.responder);
+    } else if (j->l.result == 1) {
+        sasl_reject(c);
+    } else if (j->l.result == 2) {
+        st_info("c2s", "client %s: expired FAST token for %s", c->peer, c->account);
+        sasl_fail(c, "credentials-expired", NULL);
+    } else {
+        sasl_fail(c, "temporary-auth-failure", NULL);
+    }
+    sasl_resume_input(c);
+out:
+    OPENSSL_cleanse(j, sizeof *j);
+    st_free(j);
+    st_conn_unref(c);
+}
+
+/* Parse a count attribute: -1 if absent, -2 if malformed. */
+static long long fast_count(const char *s)
+{
+    char *end;
+    if (!s) return -1;
+    if (!*s || *s == '-') return -2;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end || v > (unsigned long long)INT64_MAX) return -2;
+    return (long long)v;
+}
+
+/* Prepare the token <success/> will hand out (the secret stays in
+ * c->fast_secret until then). 0 or -1. */
+static int fast_prepare_token(st_conn *c)
+{
+    long long expiry = (long long)time(NULL) + c->srv->cfg->fast_token_lifetime;
+    return st_fast_token_new(expiry, c->fast_secret, sizeof c->fast_secret, &c->fast_next);
+}
+
+/* Does the SASL2 request ask for a token of a mechanism we issue? */
+static int fast_token_requested(const st_conn *c)
+{
+    const st_node *rt = c->sasl2_req ? st_child(c->sasl2_req->root, "request-token", ST_NS_FAST)
+                                     : NULL;
+    const char *m = rt ? st_attr_get(rt, "mechanism") : NULL;
+    return m && strcmp(m, ST_FAST_HT_NONE) == 0;
+}
+
+/* HT-SHA-256-NONE inside SASL2: check the token on the storage thread. */
+static void fast_begin(st_conn *c, const st_buf *in)
+{
+    char user[1024], authcid[1024];
+    const st_node *f = st_child(c->sasl2_req->root, "fast", ST_NS_FAST);
+    if (!fast_enabled(c)) {
+        sasl_fail(c, "invalid-mechanism", NULL);
         return;
     }
+    fast_job *j = st_calloc(1, sizeof *j);
+    if (!j) {
+        sasl_fail(c, "temporary-auth-failure", NULL);
+        return;
+    }
+    snprintf(c->mech_name, sizeof c->mech_name, "%s", ST_FAST_HT_NONE);
+    if (st_fast_parse(in->data, in->len, authcid, sizeof authcid, j->l.proof) != 0) {
+        sasl_fail(c, "malformed-request", NULL);
+        goto fail;
+    }
+    const char *inv = f ? st_attr_get(f, "invalidate") : NULL;
+    j->l.count = fast_count(f ? st_attr_get(f, "count") : NULL);
+    if (j->l.count == -2) {
+        sasl_fail(c, "malformed-request", "invalid count");
+        goto fail;
+    }
+    /* tokens belong to a user agent: without its id there is none to use */
+    if (!c->agent || st_nodeprep(authcid, user, sizeof user) <= 0) {
+        c->account[0] = '\0';
+        sasl_reject(c);
+        goto fail;
+    }
+    c->mech = M_HT;
+    snprintf(c->account, sizeof c->account, "%s@%s", user, c->host->name);
+    snprintf(j->l.host, sizeof j->l.host, "%s", c->host->name);
+    snprintf(j->l.user, sizeof j->l.user, "%s", user);
+    snprintf(j->l.agent, sizeof j->l.agent, "%s", c->agent);
+    j->l.invalidate = inv && (strcmp(inv, "true") == 0 || strcmp(inv, "1") == 0);
+    j->l.want_new = fast_token_requested(c);
+    j->l.half_life = c->srv->cfg->fast_token_lifetime / 2;
+    /* a successor, in case the login rotates (the work decides) */
+    if (fast_prepare_token(c) != 0) {
+        sasl_fail(c, "temporary-auth-failure", NULL);
+        goto fail;
+    }
+    j->l.next = c->fast_next;
+    j->c = st_conn_ref(c);
+    if (st_storage_submit(c->srv->store, fast_login_work, fast_login_done, j) != 0) {
+        st_conn_unref(c);
+        sasl_fail(c, "temporary-auth-failure", NULL);
+        goto fail;
+    }
+    c->sasl_pending = 1;
+    return;
+fail:
+    OPENSSL_cleanse(j, sizeof *j);
+    st_free(j);
+}
+
+typedef struct token_job {
+    st_conn *c;
+    char host[1024], user[1024], agent[ST_FAST_AGENT_MAX + 1];
+    st_fast_token rec;
+    int ok;
+} token_job;
+
+static void token_work(void *h, void *arg)
+{
+    token_job *j = arg;
+    long long id = 0;
+    j->ok = st_storage_ops(j->c->srv->store)
+                ->fast_put(h, j->host, j->user, j->agent, &j->rec, ST_FAST_MAX_PER_AGENT, &id) == 0;
+}
+
+static void sasl2_complete(st_conn *c);
+
+static void token_done(void *arg)
+{
+    token_job *j = arg;
+    st_conn *c = j->c;
+    c->sasl_pending = 0;
+    if (c->state != C_OPEN) goto out;
+    if (!j->ok) {
+        /* the login stands; the client just gets no token this time */
+        st_warn("c2s", "client %s: could not store a FAST token for %s", c->peer, c->account);
+        OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
+    }
+    sasl2_complete(c);
+    sasl_resume_input(c);
+out:
+    OPENSSL_cleanse(j, sizeof *j);
+    st_free(j);
+    st_conn_unref(c);
+}
+
+/* Authenticated over SASL2: store a requested token first (one storage
+ * round trip), then bind/resume and answer. A token login has already
+ * stored its successor, if any. */
+static void sasl2_after_auth(st_conn *c)
+{
+    if (c->mech == M_HT || !fast_enabled(c) || !c->agent || !fast_token_requested(c)) {
+        sasl2_complete(c);
+        return;
+    }
+    token_job *j = st_calloc(1, sizeof *j);
+    if (!j || fast_prepare_token(c) != 0) {
+        st_free(j);
+        OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
+        sasl2_complete(c);
+        return;
+    }
+    snprintf(j->host, sizeof j->host, "%s", c->host->name);
+    snprintf(j->user, sizeof j->user, "%s", c->username);
+    snprintf(j->agent, sizeof j->agent, "%s", c->agent);
+    j->rec = c->fast_next;
+    j->c = st_conn_ref(c);
+    if (st_storage_submit(c->srv->store, token_work, token_done, j) != 0) {
+        st_conn_unref(c);
+        st_free(j);
+        OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
+        sasl2_complete(c);
+        return;
+    }
+    c->sasl_pending = 1;
+}
+
+/* ---- mechanisms shared by both profiles ---- */
+
+/* What this connection advertises (XEP-0474 hashes exactly these). */
+static size_t advertised_mechs(const st_conn *c, const char **out);
+static size_t advertised_cbs(const st_conn *c, const char **out);
+
+/* Start mechanism mech with the payload in node pl (SASL1 <auth/>, SASL2
+ * <initial-response/>, NULL for none). */
+static void sasl_start(st_conn *c, const char *mech, const st_node *pl)
+{
+    st_buf in;
+    char user[1024];
     if (!c->secure && c->srv->cfg->require_encryption) {
         sasl_fail(c, "encryption-required", NULL);
         return;
@@ -1027,8 +1368,12 @@ static void sasl_auth(st_conn *c, const st_node *n)
         sasl_fail(c, "invalid-mechanism", NULL);
         goto out;
     }
-    if (sasl_payload(n, &in) != 0) {
+    if (sasl_payload(pl, &in) != 0) {
         sasl_fail(c, "incorrect-encoding", NULL);
+        goto out;
+    }
+    if (c->sasl2 && strcmp(mech, ST_FAST_HT_NONE) == 0) {
+        fast_begin(c, &in);
         goto out;
     }
     int plus = 0;
@@ -1104,10 +1449,19 @@ static void sasl_auth(st_conn *c, const st_node *n)
      * could do tls-unique, which TLS 1.3 lacks and we do not offer, so the
      * check would lock them out. With XEP-0440 listing our types, "y" only
      * says the client found none it shares with us; sasl_cb_strict = true
-     * restores the RFC behaviour. */
+     * restores the RFC behaviour. XEP-0474 (below) lets a client that
+     * checks it detect a stripped list cryptographically. */
     int downgrade_check = cb_offered && c->srv->cfg->sasl_cb_strict;
     c->scram = st_scram_server_new(hash, plus, downgrade_check, c->secure ? &cb : NULL);
     if (!c->scram) {
+        sasl_fail(c, "temporary-auth-failure", NULL);
+        goto out;
+    }
+    /* XEP-0474: sign the lists this stream advertised into server-first.
+     * Both profiles advertise the same mechanisms, so one list serves. */
+    const char *ms[8], *cbs[2];
+    size_t nm = advertised_mechs(c, ms), ncb = advertised_cbs(c, cbs);
+    if (st_scram_server_set_ssdp(c->scram, ms, nm, ncb ? cbs : NULL, ncb) != 0) {
         sasl_fail(c, "temporary-auth-failure", NULL);
         goto out;
     }
@@ -1143,13 +1497,54 @@ static void sasl_auth(st_conn *c, const st_node *n)
         sasl_fail(c, "temporary-auth-failure", NULL);
     }
 out:
+    if (in.data) OPENSSL_cleanse(in.data, in.len); /* may hold a password or a proof */
     st_buf_free(&in);
 }
 
-static void sasl_response(st_conn *c, const st_node *n)
+static int sasl_busy(st_conn *c)
+{
+    if (c->authenticated || c->sasl_pending || c->mech != M_NONE) {
+        st_conn_close(c, "policy-violation", "authentication already in progress or done");
+        return 1;
+    }
+    return 0;
+}
+
+static void sasl_auth(st_conn *c, const st_node *n)
+{
+    if (sasl_busy(c)) return;
+    c->sasl2 = 0;
+    sasl_start(c, st_attr_get(n, "mechanism"), n);
+}
+
+/* XEP-0388 §2.4: <authenticate mechanism=...><initial-response/>
+ * <user-agent id=.../> and the inline requests. */
+static void sasl2_authenticate(st_conn *c, st_stanza *st)
+{
+    const st_node *n = st->root;
+    if (sasl_busy(c)) return;
+    c->sasl2 = 1;
+    c->sasl2_req = st_stanza_ref(st);
+    const st_node *ua = st_child(n, "user-agent", NS_SASL2);
+    const char *id = ua ? st_attr_get(ua, "id") : NULL;
+    if (id) {
+        /* the id keys FAST tokens and stable resources: bound it */
+        if (!*id || strlen(id) > ST_FAST_AGENT_MAX) {
+            sasl_fail(c, "malformed-request", "user-agent id must be 1 to 256 bytes");
+            return;
+        }
+        if (!(c->agent = st_strdup(id))) {
+            sasl_fail(c, "temporary-auth-failure", NULL);
+            return;
+        }
+    }
+    sasl_start(c, st_attr_get(n, "mechanism"), st_child(n, "initial-response", NS_SASL2));
+}
+
+static void sasl_response(st_conn *c, const st_node *n, int sasl2)
 {
     st_buf in, outb;
-    if (c->mech != M_SCRAM || !c->scram || c->sasl_pending) {
+    if (c->mech != M_SCRAM || !c->scram || c->sasl_pending || c->sasl2 != sasl2) {
         st_conn_close(c, "policy-violation", "unexpected SASL response");
         return;
     }
@@ -1177,7 +1572,7 @@ out:
     st_buf_free(&outb);
 }
 
-/* ---- resource binding (RFC 6120 §7) ---- */
+/* ---- resource binding (RFC 6120 §7, XEP-0386 Bind2) ---- */
 
 static void iq_error(st_conn *c, st_stanza *iq, const char *cond, const char *text)
 {
@@ -1186,9 +1581,41 @@ static void iq_error(st_conn *c, st_stanza *iq, const char *cond, const char *te
     st_stanza_unref(e);
 }
 
+/* Bind res (already resourceprep'd) to this connection: both binds end
+ * here. NULL with *cond set on failure. */
+static st_session *bind_session(st_conn *c, const char *res, const char **cond)
+{
+    st_jid jid;
+    if (st_jid_make(&jid, c->username, c->host->name, res) != 0) {
+        *cond = "bad-request";
+        return NULL;
+    }
+    st_session *sess = st_session_bind(c->srv, c->host, c, &jid);
+    st_jid_free(&jid);
+    if (!sess) {
+        *cond = "resource-constraint";
+        return NULL;
+    }
+    c->session = sess;
+    st_timer_cancel(c->srv->loop, &c->handshake_timer);
+    st_timer_set(c->srv->loop, &c->idle_timer, (uint64_t)c->srv->cfg->idle_timeout * 1000);
+    st_info("c2s", "client %s: bound %s", c->peer, sess->full);
+    return sess;
+}
+
+/* After the client has the answer to its bind: the modules' turn (they may
+ * send to the new session at once, e.g. offline messages). */
+static void run_session_bound(st_conn *c)
+{
+    st_session *sess = c->session;
+    for (size_t i = 0; sess && i < c->host->nmods; i++)
+        if (c->host->mods[i]->session_bound) c->host->mods[i]->session_bound(sess);
+}
+
 static void do_bind(st_conn *c, st_stanza *iq, const st_node *bind)
 {
     char res[1024];
+    const char *cond = NULL;
     const char *want = st_child_text(bind, "resource", ST_NS_BIND);
     if (want && *want) {
         if (st_resourceprep(want, res, sizeof res) <= 0) {
@@ -1201,20 +1628,11 @@ static void do_bind(st_conn *c, st_stanza *iq, const st_node *bind)
         snprintf(res, sizeof res, "starling-%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1],
                  rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
     }
-    st_jid jid;
-    if (st_jid_make(&jid, c->username, c->host->name, res) != 0) {
-        iq_error(c, iq, "bad-request", "invalid resource");
-        return;
-    }
-    st_session *sess = st_session_bind(c->srv, c->host, c, &jid);
-    st_jid_free(&jid);
+    st_session *sess = bind_session(c, res, &cond);
     if (!sess) {
-        iq_error(c, iq, "resource-constraint", NULL);
+        iq_error(c, iq, cond, strcmp(cond, "bad-request") == 0 ? "invalid resource" : NULL);
         return;
     }
-    c->session = sess;
-    st_timer_cancel(c->srv->loop, &c->handshake_timer);
-    st_timer_set(c->srv->loop, &c->idle_timer, (uint64_t)c->srv->cfg->idle_timeout * 1000);
     st_stanza *r = st_iq_reply(iq);
     if (!r) return;
     st_attr_set(r, "to", NULL);
@@ -1223,9 +1641,96 @@ static void do_bind(st_conn *c, st_stanza *iq, const st_node *bind)
     st_text_tag(r, "jid", sess->full);
     if (st_stanza_ok(r)) st_conn_send(c, r);
     st_stanza_unref(r);
-    st_info("c2s", "client %s: bound %s", c->peer, sess->full);
-    for (size_t i = 0; i < c->host->nmods; i++)
-        if (c->host->mods[i]->session_bound) c->host->mods[i]->session_bound(sess);
+    run_session_bound(c);
+}
+
+/* XEP-0386 §3.2.1: the server part of a Bind2 resource. With a user-agent
+ * id it is stable for (account, tag, agent) for the life of the process:
+ * an HMAC under a per-process random key, so it neither shows the id nor
+ * can be guessed, and a client that binds again replaces its own old
+ * session (the XEP's SHOULD) through the usual resource conflict rule.
+ * Without an id it is random. out gets 12 hex digits. */
+static void bind2_id(const st_conn *c, const char *tag, char *out, size_t outsz)
+{
+    static unsigned char key[32];
+    static int have_key;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mlen = 0;
+    int ok = 0;
+    if (!have_key) have_key = RAND_bytes(key, sizeof key) == 1;
+    if (c->agent && have_key) {
+        st_buf m;
+        st_buf_init(&m, 0);
+        /* NUL separators: no two (tag, agent) pairs give the same input */
+        ok = st_buf_printf(&m, "%s@%s", c->username, c->host->name) == 0 &&
+             st_buf_append(&m, "", 1) == 0 && st_buf_appends(&m, tag) == 0 &&
+             st_buf_append(&m, "", 1) == 0 && st_buf_appends(&m, c->agent) == 0 &&
+             HMAC(EVP_sha256(), key, sizeof key, (const unsigned char *)m.data, m.len, md, &mlen);
+        st_buf_free(&m);
+    }
+    if (!ok) RAND_bytes(md, 6);
+    snprintf(out, outsz, "%02x%02x%02x%02x%02x%02x", md[0], md[1], md[2], md[3], md[4], md[5]);
+}
+
+/* A Bind2 session feature that is a module's IQ (carbons' <enable/>): run
+ * the module's own handler, as if the new session had sent the IQ. The IQ
+ * has no 'from', so its answer has no 'to' and is dropped by st_route: the
+ * XEP wants no answer, and the module's logic stays in one place. */
+static void bind2_module_iq(st_conn *c, const st_node *payload)
+{
+    st_session *sess = c->session;
+    st_jid to;
+    st_stanza *iq = st_iq_new("set", "bind2-inline");
+    if (!iq) return;
+    st_add_copy(iq, payload);
+    if (!st_stanza_ok(iq) || st_jid_make(&to, NULL, c->host->name, NULL) != 0) goto out;
+    st_iq_ctx ctx = {
+        .srv = c->srv, .host = c->host, .session = sess, .iq = iq,
+        .payload = st_first_elem(iq->root), .from = &sess->jid, .to = &to, .type = ST_IQ_SET,
+    };
+    int done = 0;
+    for (size_t i = 0; !done && i < c->host->nmods; i++)
+        for (const st_iq_handler *ih = c->host->mods[i]->iqs; !done && ih && ih->ns; ih++)
+            if ((ih->types & ST_IQ_SET) && (ih->where & ST_TO_ACCOUNT) &&
+                strcmp(ih->ns, payload->ns) == 0 &&
+                (!ih->name || strcmp(ih->name, payload->name) == 0))
+                done = ih->fn(&ctx) == ST_HANDLED;
+    st_jid_free(&to);
+out:
+    st_stanza_unref(iq);
+}
+
+static void sm_enable_xml(st_conn *c, const st_node *r, st_buf *out);
+
+/* XEP-0386 §3.2: bind a resource "[tag]/[id]" and enable the requested
+ * session features; out gets <bound/> with their answers. 0 or -1. */
+static int bind2(st_conn *c, const st_node *bind, st_buf *out)
+{
+    char tag[1024] = "", id[16], res[1100];
+    const char *cond = NULL;
+    const char *t = st_child_text(bind, "tag", NS_BIND2);
+    /* an unusable tag is dropped, not fatal: it is only a label */
+    if (!t || strlen(t) > BIND2_TAG_MAX || strchr(t, '/') ||
+        st_resourceprep(t, tag, sizeof tag) <= 0)
+        tag[0] = '\0';
+    bind2_id(c, tag, id, sizeof id);
+    snprintf(res, sizeof res, "%s%s%s", tag, tag[0] ? "/" : "", id);
+    if (!bind_session(c, res, &cond)) {
+        st_info("c2s", "client %s: Bind2 failed: %s", c->peer, cond);
+        return -1;
+    }
+    st_buf_appends(out, "<bound xmlns='" NS_BIND2 "'>");
+    for (const st_node *f = st_first_elem(bind); f && c->session; f = st_next_elem(f)) {
+        if (strcmp(f->ns, ST_NS_SM) == 0 && strcmp(f->name, "enable") == 0)
+            sm_enable_xml(c, f, out); /* XEP-0198 §7: <enabled/> inside <bound/> */
+        else if (strcmp(f->ns, NS_CARBONS) == 0 && strcmp(f->name, "enable") == 0)
+            bind2_module_iq(c, f);
+        else if (strcmp(f->ns, ST_NS_CSI) == 0 && strcmp(f->name, "inactive") == 0)
+            st_csi_set_active(c->session, 0); /* the session starts inactive */
+        else if (strcmp(f->ns, ST_NS_CSI) == 0 && strcmp(f->name, "active") == 0)
+            st_csi_set_active(c->session, 1);
+    }
+    return st_buf_appends(out, "</bound>");
 }
 
 static int is_iq_payload(const st_stanza *st, const char *name, const char *ns, st_node **out)
@@ -1239,18 +1744,17 @@ static int is_iq_payload(const st_stanza *st, const char *name, const char *ns, 
 
 /* ---- stream management (XEP-0198) ---- */
 
-static void sm_failed(st_conn *c, const char *condition, const st_sm *sm)
+static void sm_failed_xml(st_buf *out, const char *condition, const st_sm *sm)
 {
-    char buf[256];
-    int n = sm ? snprintf(buf, sizeof buf,
-                          "<failed xmlns='" ST_NS_SM "' h='%u'><%s xmlns='" ST_NS_STANZAS_ERR
-                          "'/></failed>",
-                          (unsigned)sm->h_in, condition)
-               : snprintf(buf, sizeof buf,
-                          "<failed xmlns='" ST_NS_SM "'><%s xmlns='" ST_NS_STANZAS_ERR
-                          "'/></failed>",
-                          condition);
-    st_conn_send_raw(c, buf, (size_t)n);
+    if (sm)
+        st_buf_printf(out,
+                      "<failed xmlns='" ST_NS_SM "' h='%u'><%s xmlns='" ST_NS_STANZAS_ERR
+                      "'/></failed>",
+                      (unsigned)sm->h_in, condition);
+    else
+        st_buf_printf(out,
+                      "<failed xmlns='" ST_NS_SM "'><%s xmlns='" ST_NS_STANZAS_ERR "'/></failed>",
+                      condition);
 }
 
 static int parse_h(const char *s, uint32_t *out)
@@ -1263,7 +1767,10 @@ static int parse_h(const char *s, uint32_t *out)
     return 0;
 }
 
-static void sm_resume(st_conn *c, const st_node *r)
+/* Take over the hibernating (or still attached) session that <resume/>
+ * names; out gets <resumed/> or <failed/>. The session, now this
+ * connection's, or NULL. The caller replays the queue after sending out. */
+static st_session *sm_take_over(st_conn *c, const st_node *r, st_buf *out)
 {
     const char *previd = st_attr_get(r, "previd");
     uint32_t h;
@@ -1271,12 +1778,12 @@ static void sm_resume(st_conn *c, const st_node *r)
     char bare[2100];
     snprintf(bare, sizeof bare, "%s@%s", c->username, c->host->name);
     if (c->session || !sess || !sess->sm || strcmp(sess->bare, bare) != 0) {
-        sm_failed(c, "item-not-found", NULL);
-        return;
+        sm_failed_xml(out, "item-not-found", NULL);
+        return NULL;
     }
     if (parse_h(st_attr_get(r, "h"), &h) != 0 || st_sm_ack(sess->sm, h) != 0) {
-        sm_failed(c, "unexpected-request", sess->sm);
-        return;
+        sm_failed_xml(out, "unexpected-request", sess->sm);
+        return NULL;
     }
     if (sess->conn) {
         /* the old connection is still here (its TCP death not noticed yet):
@@ -1291,13 +1798,48 @@ static void sm_resume(st_conn *c, const st_node *r)
     c->session = sess;
     st_timer_cancel(c->srv->loop, &c->handshake_timer);
     st_timer_set(c->srv->loop, &c->idle_timer, (uint64_t)c->srv->cfg->idle_timeout * 1000);
-    char buf[256];
-    int n = snprintf(buf, sizeof buf, "<resumed xmlns='" ST_NS_SM "' previd='%s' h='%u'/>",
-                     sess->sm->id, (unsigned)sess->sm->h_in);
-    st_conn_send_raw(c, buf, (size_t)n);
+    st_buf_printf(out, "<resumed xmlns='" ST_NS_SM "' previd='%s' h='%u'/>", sess->sm->id,
+                  (unsigned)sess->sm->h_in);
     st_info("sm", "client %s: resumed %s, resending %zu stanzas", c->peer, sess->full,
             sess->sm->qlen);
-    st_sm_replay(sess->sm);
+    return sess;
+}
+
+static void sm_resume(st_conn *c, const st_node *r)
+{
+    st_buf b;
+    st_buf_init(&b, 1024);
+    st_session *sess = sm_take_over(c, r, &b);
+    if (b.len) st_conn_send_raw(c, b.data, b.len);
+    st_buf_free(&b);
+    if (sess) st_sm_replay(sess->sm);
+}
+
+/* <enable/> on the bound session; out gets <enabled/> or <failed/>. */
+static void sm_enable_xml(st_conn *c, const st_node *r, st_buf *out)
+{
+    st_session *sess = c->session;
+    if (!sess || sess->sm) {
+        sm_failed_xml(out, "unexpected-request", NULL);
+        return;
+    }
+    const char *res = st_attr_get(r, "resume");
+    int resume = res && (strcmp(res, "true") == 0 || strcmp(res, "1") == 0) &&
+                 c->srv->cfg->sm_resume_timeout > 0;
+    unsigned max = (unsigned)c->srv->cfg->sm_resume_timeout;
+    const char *m = st_attr_get(r, "max");
+    uint32_t want;
+    if (m && parse_h(m, &want) == 0 && want > 0 && want < max) max = want;
+    sess->sm = st_sm_enable(sess, resume, max);
+    if (!sess->sm) {
+        sm_failed_xml(out, "internal-server-error", NULL);
+        return;
+    }
+    if (resume)
+        st_buf_printf(out, "<enabled xmlns='" ST_NS_SM "' id='%s' resume='true' max='%u'/>",
+                      sess->sm->id, max);
+    else
+        st_buf_printf(out, "<enabled xmlns='" ST_NS_SM "' id='%s'/>", sess->sm->id);
 }
 
 static void sm_element(st_conn *c, const st_node *r)
@@ -1308,28 +1850,11 @@ static void sm_element(st_conn *c, const st_node *r)
     if (strcmp(r->name, "resume") == 0) {
         sm_resume(c, r);
     } else if (strcmp(r->name, "enable") == 0) {
-        if (!sess || sm) {
-            sm_failed(c, "unexpected-request", NULL);
-            return;
-        }
-        const char *res = st_attr_get(r, "resume");
-        int resume = res && (strcmp(res, "true") == 0 || strcmp(res, "1") == 0) &&
-                     c->srv->cfg->sm_resume_timeout > 0;
-        unsigned max = (unsigned)c->srv->cfg->sm_resume_timeout;
-        const char *m = st_attr_get(r, "max");
-        uint32_t want;
-        if (m && parse_h(m, &want) == 0 && want > 0 && want < max) max = want;
-        sess->sm = st_sm_enable(sess, resume, max);
-        if (!sess->sm) {
-            sm_failed(c, "internal-server-error", NULL);
-            return;
-        }
-        int n = resume ? snprintf(buf, sizeof buf,
-                                  "<enabled xmlns='" ST_NS_SM "' id='%s' resume='true' max='%u'/>",
-                                  sess->sm->id, max)
-                       : snprintf(buf, sizeof buf, "<enabled xmlns='" ST_NS_SM "' id='%s'/>",
-                                  sess->sm->id);
-        st_conn_send_raw(c, buf, (size_t)n);
+        st_buf b;
+        st_buf_init(&b, 1024);
+        sm_enable_xml(c, r, &b);
+        if (b.len) st_conn_send_raw(c, b.data, b.len);
+        st_buf_free(&b);
     } else if (strcmp(r->name, "r") == 0 && sm) {
         int n = snprintf(buf, sizeof buf, "<a xmlns='" ST_NS_SM "' h='%u'/>", (unsigned)sm->h_in);
         st_conn_send_raw(c, buf, (size_t)n);
@@ -1344,6 +1869,59 @@ static void sm_element(st_conn *c, const st_node *r)
     } else {
         st_conn_close(c, "unsupported-stanza-type", NULL);
     }
+}
+
+/* ---- SASL2 success (XEP-0388 §2.6.2) ----
+ *
+ * Authenticated; the token (if any) is stored. Now the inline requests, in
+ * the order XEP-0386 §3.2 gives: resumption first, and only if it fails a
+ * new bind; then one <success/> carries every answer, and only after it
+ * do the queued stanzas (resumed) or the modules (bound) speak. */
+static void sasl2_complete(st_conn *c)
+{
+    const st_node *req = c->sasl2_req ? c->sasl2_req->root : NULL;
+    const st_node *resume = req ? st_child(req, "resume", ST_NS_SM) : NULL;
+    const st_node *bind = req ? st_child(req, "bind", NS_BIND2) : NULL;
+    st_session *resumed = NULL;
+    int bound = 0;
+    st_buf b, inl;
+    st_buf_init(&b, 0);
+    st_buf_init(&inl, 0);
+    if (resume) resumed = sm_take_over(c, resume, &inl);
+    if (!resumed && bind) bound = bind2(c, bind, &inl) == 0;
+    const char *authz = c->session ? c->session->full : NULL;
+    char bare[2100];
+    snprintf(bare, sizeof bare, "%s@%s", c->username, c->host->name);
+    int r = st_buf_appends(&b, "<success xmlns='" NS_SASL2 "'>");
+    if (r == 0 && c->sasl2_data.len) {
+        r = st_buf_appends(&b, "<additional-data>");
+        if (r == 0) r = st_base64_encode(c->sasl2_data.data, c->sasl2_data.len, &b);
+        if (r == 0) r = st_buf_appends(&b, "</additional-data>");
+    }
+    /* the full JID once bound or resumed, else the bare one (§2.6.2) */
+    if (r == 0) r = st_buf_appends(&b, "<authorization-identifier>");
+    if (r == 0) r = st_buf_append_escaped(&b, authz ? authz : bare, strlen(authz ? authz : bare));
+    if (r == 0) r = st_buf_appends(&b, "</authorization-identifier>");
+    if (r == 0 && inl.len) r = st_buf_append(&b, inl.data, inl.len);
+    if (r == 0 && c->fast_secret[0]) {
+        /* XEP-0484 §3.3: the new token and when it ends (XEP-0082) */
+        char when[32];
+        time_t e = (time_t)c->fast_next.expiry;
+        struct tm tmv;
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&e, &tmv));
+        r = st_buf_printf(&b, "<token xmlns='" ST_NS_FAST "' expiry='%s' token='%s'/>", when,
+                          c->fast_secret);
+    }
+    if (r == 0) r = st_buf_appends(&b, "</success>");
+    if (r == 0) st_conn_send_raw(c, b.data, b.len);
+    else st_conn_close(c, "internal-server-error", NULL);
+    if (b.data) OPENSSL_cleanse(b.data, b.len); /* it held the token */
+    st_buf_free(&b);
+    st_buf_free(&inl);
+    sasl2_reset(c);
+    if (r != 0 || c->state != C_OPEN) return;
+    if (resumed) st_sm_replay(resumed->sm);
+    else if (bound) run_session_bound(c);
 }
 
 static void handle_element(st_conn *c, st_stanza *st)
@@ -1382,9 +1960,18 @@ static void handle_element(st_conn *c, st_stanza *st)
     }
     if (strcmp(r->ns, ST_NS_SASL) == 0) {
         if (strcmp(r->name, "auth") == 0) sasl_auth(c, r);
-        else if (strcmp(r->name, "response") == 0) sasl_response(c, r);
-        else if (strcmp(r->name, "abort") == 0 && !c->authenticated) sasl_fail(c, "aborted", NULL);
+        else if (strcmp(r->name, "response") == 0) sasl_response(c, r, 0);
+        else if (strcmp(r->name, "abort") == 0 && !c->authenticated && !c->sasl2)
+            sasl_fail(c, "aborted", NULL);
         else st_conn_close(c, "policy-violation", "unexpected SASL element");
+        return;
+    }
+    if (strcmp(r->ns, NS_SASL2) == 0) {
+        if (strcmp(r->name, "authenticate") == 0) sasl2_authenticate(c, st);
+        else if (strcmp(r->name, "response") == 0) sasl_response(c, r, 1);
+        else if (strcmp(r->name, "abort") == 0 && !c->authenticated && c->sasl2)
+            sasl_fail(c, "aborted", NULL);
+        else st_conn_close(c, "policy-violation", "unexpected SASL2 element");
         return;
     }
     if (strcmp(r->ns, ST_NS_CLIENT) != 0) {

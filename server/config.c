@@ -173,6 +173,7 @@ static const key_def keys[] = {
     NUM(max_send_queue, K_SIZE, 4096, 1LL << 30),
     NUM(sasl_max_failures, K_INT, 1, 100),
     NUM(sm_resume_timeout, K_DURATION, 0, 86400),
+    NUM(fast_token_lifetime, K_DURATION, 0, 366 * 86400),
     NUM(max_connections_per_ip, K_INT, 1, 10000000),
     NUM(connect_rate_per_ip, K_INT, 1, 1000000),
     NUM(auth_failures_per_ip, K_INT, 1, 1000000),
@@ -858,6 +859,7 @@ static void numeric_defaults(st_config *c)
     c->sasl_max_failures = 3;
     c->max_connections_per_ip = 100;
     c->sm_resume_timeout = 300;
+    c->fast_token_lifetime = 14 * 86400;
     c->connect_rate_per_ip = 20;
     c->auth_failures_per_ip = 20;
     c->auth_failure_window = 600;

@@ -68,6 +68,7 @@ typedef struct st_config {
     size_t max_send_queue;   /* bytes queued for one slow reader; default 1048576 */
     int sasl_max_failures;   /* failures before the stream is closed; default 3 */
     int sm_resume_timeout;      /* XEP-0198 resumption window in seconds; 0 = no resumption; default 300 */
+    int fast_token_lifetime;    /* XEP-0484 FAST token lifetime in seconds; 0 = no FAST; default 14 days */
     int max_connections_per_ip; /* open connections from one address; default 100 */
     int connect_rate_per_ip;    /* new connections per second from one address (burst 2x); default 20 */
     int auth_failures_per_ip;   /* failed logins from one address per window before refusing; default 20 */

@@ -12,12 +12,16 @@ extern const st_module mod_disco, mod_version, mod_ping, mod_time, mod_register,
 extern const st_module mod_offline, mod_carbons, mod_last;
 extern const st_module mod_blocking, mod_vcard, mod_private;
 extern const st_module mod_caps, mod_pep, mod_avatar, mod_bookmarks;
+extern const st_module mod_push;
+extern const st_module mod_mam;
 
 const st_module *const st_builtin_modules[] = {
     &mod_disco, &mod_version, &mod_ping, &mod_time, &mod_register, &mod_roster, &mod_presence,
     &mod_offline, &mod_carbons, &mod_last,
     &mod_blocking, &mod_vcard, &mod_private,
     &mod_caps, &mod_pep, &mod_avatar, &mod_bookmarks,
+    &mod_push,
+    &mod_mam,
     NULL,
 };
 
@@ -25,7 +29,8 @@ const char *const st_default_modules[] = {"disco",  "version", "ping",     "time
                                           "register", "roster", "presence",
                                           "offline", "carbons", "last",
                                           "blocking", "vcard", "private",
-                                          "caps", "pep", "avatar", "bookmarks", NULL};
+                                          "caps", "pep", "avatar", "bookmarks",
+                                          "push", NULL};
 
 const st_module *st_module_find(const char *name)
 {

@@ -105,8 +105,10 @@ static void dispatch_iq(st_server *s, st_host *h, st_stanza *st, const st_jid *f
 {
     int type = iq_type(st_get(st, "type"));
     if (type != ST_IQ_GET && type != ST_IQ_SET) {
-        /* results/errors: answers to our own IQs, else consumed silently */
-        if (where & ST_TO_HOST) st_server_iq_reply(s, st);
+        /* results/errors: answers to our own IQs (sent from the domain, or
+         * from a user's bare JID on the account's behalf, e.g. XEP-0357
+         * publishes), else consumed silently */
+        if (where & (ST_TO_HOST | ST_TO_ACCOUNT | ST_TO_USER)) st_server_iq_reply(s, st);
         return;
     }
     st_node *payload = st_first_elem(st->root);

@@ -422,6 +422,8 @@ static void on_stop_timer(st_loop *l, st_timer *t)
     st_timer_set(l, t, 20);
 }
 
+static void end_detached_sessions(st_server *s);
+
 void st_server_shutdown(st_server *s)
 {
     if (s->stopping) return;
@@ -431,6 +433,7 @@ void st_server_shutdown(st_server *s)
         next = st_conn_next(c);
         st_conn_close(c, "system-shutdown", NULL);
     }
+    end_detached_sessions(s);
     st_timer_init(&s->stop_timer, on_stop_timer, s);
     st_timer_set(s->loop, &s->stop_timer, 0);
 }
@@ -571,10 +574,33 @@ int st_server_run(st_server *s)
     return st_loop_run(s->loop);
 }
 
+static int first_session(void *ud, const char *k, void *v)
+{
+    *(st_session **)ud = v;
+    return 1;
+}
+
+static void end_detached_sessions(st_server *s)
+{
+    st_session *sess;
+    for (;;) {
+        sess = NULL;
+        st_map_each(&s->sessions, first_session, &sess);
+        if (!sess) break;
+        if (sess->conn) st_conn_close_now(sess->conn);
+        else st_session_end(sess);
+    }
+    st_loop_run_deferred(s->loop);
+}
+
 void st_server_free(st_server *s)
 {
     if (!s) return;
     while (s->conns) st_conn_close_now(s->conns);
+    /* sessions hibernating for stream management have no connection:
+     * end them too (their unacknowledged messages go to offline storage
+     * while the storage thread still runs) */
+    end_detached_sessions(s);
     st_admin_close(s);
     for (size_t i = 0; i < s->nlisten; i++) {
         st_io *io = ((st_io **)s->listen_io)[i];

@@ -73,6 +73,19 @@ st_scram_hash st_scram_server_hash(const st_scram_server *ss);
 const char *st_scram_server_username(const st_scram_server *ss);
 /* The authzid the client asked for, or NULL (borrowed). */
 const char *st_scram_server_authzid(const st_scram_server *ss);
+/* XEP-0474 (SASL SCRAM Downgrade Protection, v0.5): the value of the "h"
+ * attribute for the SASL mechanisms and XEP-0440 channel-binding types the
+ * server advertised on this stream. Both lists are sorted (i;octet) and
+ * joined with %x1E, the binding list follows a %x1F; cb_types NULL (or
+ * ncb 0) means XEP-0440 was not used. The string is hashed with h and its
+ * base64 appended to out. 0, or -1 (OOM, more than ST_SCRAM_SSDP_MAX names). */
+#define ST_SCRAM_SSDP_MAX 32
+int st_scram_ssdp_value(st_scram_hash h, const char *const *mechs, size_t nmechs,
+                        const char *const *cb_types, size_t ncb, st_buf *out);
+/* Include h=<SSDP value> in server-first-message (call before the challenge).
+ * Without this call server-first is exactly RFC 5802's. 0 or -1. */
+int st_scram_server_set_ssdp(st_scram_server *ss, const char *const *mechs, size_t nmechs,
+                             const char *const *cb_types, size_t ncb);
 /* Step 2. Appends server-first-message to out. cred NULL = unknown user. */
 int st_scram_server_challenge(st_scram_server *ss, const st_scram_cred *cred, st_buf *out);
 /* Step 3. Verifies client-final-message, appends server-final-message ("v=...")

@@ -45,6 +45,13 @@ static st_verdict info(st_iq_ctx *c)
     } else {
         add_feature(r, NS_INFO);
         add_feature(r, NS_ITEMS);
+        /* XEP-0357 §4.1 (mod_pep, when loaded, answers this itself) */
+        if (st_host_has(c->host, "push")) add_feature(r, "urn:xmpp:push:0");
+        /* XEP-0313 §8: the account hosts its archive (mod_mam) */
+        if (st_host_has(c->host, "mam")) {
+            add_feature(r, "urn:xmpp:mam:2");
+            add_feature(r, "urn:xmpp:mam:2#extended");
+        }
     }
     if (st_stanza_ok(r)) st_iq_result(c, r);
     else st_iq_error(c, "internal-server-error", NULL);

@@ -33,8 +33,8 @@
 #include <string.h>
 #include <time.h>
 #include <openssl/crypto.h>
-#include <openssl/rand.h>
 #include "server/log.h"
+#include "server/modules/stanza_id.h"
 #include "server/server.h"
 #include "starling/alloc.h"
 #include "starling/xmlstream.h"
@@ -90,49 +90,25 @@ static int is_type(const char *type, const char *want)
     return type && strcmp(type, want) == 0;
 }
 
-/* A fresh stanza id: 128 random bits in hex, unique across restarts. */
-static void make_stanza_id(st_server *srv, char *out, size_t outsz)
-{
-    unsigned char r[16];
-    if (outsz < 2 * sizeof r + 1 || RAND_bytes(r, sizeof r) != 1) {
-        st_server_make_id(srv, out, outsz);
-        return;
-    }
-    for (size_t i = 0; i < sizeof r; i++) snprintf(out + 2 * i, 3, "%02x", r[i]);
-}
-
 /* XEP-0359 §5: remove every <stanza-id/> whose 'by' is the recipient's bare
- * JID; a sender could otherwise make up our user's archive ids. */
+ * JID; a sender could otherwise make up our user's archive ids. The one we
+ * minted ourselves (stanza_id.h) stays: mod_mam, which runs first, gave the
+ * message its archive id, or stream management routed it again. */
 static void strip_forged_ids(st_stanza *st, const st_jid *bare)
 {
-    st_node *n = st_first_elem(st->root);
-    while (n) {
-        st_node *next = st_next_elem(n);
-        const char *by = st_attr_get(n, "by");
-        if (strcmp(n->name, "stanza-id") == 0 && strcmp(n->ns, NS_SID) == 0) {
-            st_jid bj;
-            /* an unparsable 'by' names nobody: it cannot claim to be us */
-            if (by && st_jid_parse(&bj, by, strlen(by)) == 0) {
-                if (!bj.resource && st_jid_equal(&bj, bare, 0)) st_node_remove(st, n);
-                st_jid_free(&bj);
-            }
-        }
-        n = next;
-    }
+    char bare_s[2100], kept[ST_SID_MAX];
+    if (st_jid_format(bare, 0, bare_s, sizeof bare_s) >= 0) st_sid_clean(st, bare_s, 0, kept);
 }
 
-/* Add <stanza-id id by/> as the last child of the root. 0 or -1 (OOM). */
+/* Give st our <stanza-id/> as the last child of the root, unless it has one
+ * we minted (then the live copy, the stored copy and the archive share it).
+ * 0 or -1 (OOM). */
 static int add_stanza_id(st_server *srv, st_stanza *st, const char *bare)
 {
-    char id[64];
-    make_stanza_id(srv, id, sizeof id);
-    st_top(st);
-    st_tag(st, "stanza-id", NS_SID);
-    st_attr_set(st, "id", id);
-    st_attr_set(st, "by", bare);
-    st_up(st);
-    st_stanza_touch(st);
-    return st_stanza_ok(st) ? 0 : -1;
+    char id[ST_SID_MAX];
+    if (st_sid_clean(st, bare, 0, id)) return 0;
+    if (st_sid_make(st, bare, 0, id) != 0) st_server_make_id(srv, id, sizeof id);
+    return st_sid_attach(st, bare, id);
 }
 
 /* Was st already delayed by us? A message stored once, delivered, and

@@ -1368,6 +1368,13 @@ static void run_info(op *o, pep_service *svc, st_user *u, st_node *q)
             add_feature(r, *f);
         /* XEP-0402 §5.3: we keep XEP-0048 private XML in sync */
         if (st_host_has(u->host, "bookmarks")) add_feature(r, "urn:xmpp:bookmarks:1#compat");
+        /* XEP-0357 §4.1: push is an account feature */
+        if (st_host_has(u->host, "push")) add_feature(r, "urn:xmpp:push:0");
+        /* XEP-0313 §8: the account hosts its archive (mod_mam) */
+        if (st_host_has(u->host, "mam")) {
+            add_feature(r, "urn:xmpp:mam:2");
+            add_feature(r, "urn:xmpp:mam:2#extended");
+        }
     }
     op_result(o, r);
 }

@@ -52,6 +52,7 @@
 #include "starling/alloc.h"
 #include "server/log.h"
 #include "server/storage/storage.h"
+#include "server/storage/archive.h"
 
 #define SQ_BUSY_TIMEOUT_MS 5000
 
@@ -142,6 +143,54 @@ static const char *const migrations[] = {
     ");"
     /* kv_list, kv_trim and the next seq of a put all walk a store by seq. */
     "CREATE UNIQUE INDEX kv_seq ON kv (host, username, store, seq);",
+
+    /* v3: XEP-0484 FAST tokens. Never the token itself: the hash of the
+     * proof a client must present and the server's answering proof (see
+     * server/fast.h), so a copy of the file does not log anyone in. One
+     * row per token; a user agent has its current token and, after a
+     * rotation, its successor (ids grow, so the newest is the highest).
+     * A new password ends every token of the account (the trigger), as a
+     * password change is what a user does when a device is lost. */
+    "CREATE TABLE fast_tokens ("
+    "  id             INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  host           TEXT    NOT NULL,"
+    "  username       TEXT    NOT NULL,"
+    "  agent          TEXT    NOT NULL," /* SASL2 <user-agent id='...'/> */
+    "  mech           TEXT    NOT NULL,"
+    "  initiator_hash BLOB    NOT NULL,"
+    "  responder      BLOB    NOT NULL,"
+    "  expiry         INTEGER NOT NULL," /* unix seconds */
+    "  count          INTEGER NOT NULL," /* highest count seen, -1 none */
+    "  created        INTEGER NOT NULL,"
+    "  FOREIGN KEY (host, username) REFERENCES users (host, username) ON DELETE CASCADE"
+    ");"
+    "CREATE INDEX fast_tokens_agent ON fast_tokens (host, username, agent, id);"
+    "CREATE TRIGGER fast_tokens_password AFTER UPDATE OF sha256_stored ON users"
+    " BEGIN DELETE FROM fast_tokens WHERE host = old.host AND username = old.username; END;",
+    /* v4: the message archive (XEP-0313), one table for every user's.
+     * seq is the archive order: messages are archived in the order the one
+     * loop routed them, so it is chronological, and AUTOINCREMENT never
+     * reuses a value, so an RSM position stays meaningful after a purge.
+     * id is the XEP-0359 stanza-id the user's clients saw, unique per
+     * archive and the RSM/after-id key. The other party is split into bare
+     * JID and resource so a 'with' filter on either is an index range.
+     * ts (microseconds) answers start/end and retention. */
+    "CREATE TABLE mam ("
+    "  seq       INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  host      TEXT    NOT NULL,"
+    "  username  TEXT    NOT NULL,"
+    "  id        TEXT    NOT NULL,"
+    "  ts        INTEGER NOT NULL," /* microseconds since the epoch */
+    "  with_bare TEXT    NOT NULL,"
+    "  with_res  TEXT    NOT NULL," /* '' for a bare JID */
+    "  outgoing  INTEGER NOT NULL,"
+    "  xml       BLOB    NOT NULL,"
+    "  UNIQUE (host, username, id),"
+    "  FOREIGN KEY (host, username) REFERENCES users (host, username) ON DELETE CASCADE"
+    ");"
+    "CREATE INDEX mam_user ON mam (host, username, seq);"
+    "CREATE INDEX mam_with ON mam (host, username, with_bare, seq);"
+    "CREATE INDEX mam_ts ON mam (host, ts);",
 };
 #define SQ_SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -175,6 +224,15 @@ enum {
     Q_KV_DEL_STORE,
     Q_KV_LIST,
     Q_KV_TRIM,
+    Q_FAST_PUT,
+    Q_FAST_TRIM,
+    Q_FAST_LIST,
+    Q_FAST_USE,
+    Q_FAST_DROP_OLDER,
+    Q_FAST_DEL,
+    Q_MAM_APPEND,
+    Q_MAM_SEQ,
+    Q_MAM_EXPIRE,
     Q_COUNT
 };
 
@@ -261,6 +319,30 @@ static const char *const queries[Q_COUNT] = {
     [Q_KV_TRIM] = "DELETE FROM kv WHERE host = ?1 AND username = ?2 AND store = ?3 AND seq <="
                   " (SELECT seq FROM kv WHERE host = ?1 AND username = ?2 AND store = ?3"
                   " ORDER BY seq DESC LIMIT 1 OFFSET ?4)",
+    [Q_FAST_PUT] = "INSERT INTO fast_tokens (host, username, agent, mech, initiator_hash,"
+                   " responder, expiry, count, created)"
+                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+    /* Like kv_trim: the newest ?4 of the agent stay. */
+    [Q_FAST_TRIM] = "DELETE FROM fast_tokens WHERE host = ?1 AND username = ?2 AND agent = ?3"
+                    " AND id <= (SELECT id FROM fast_tokens WHERE host = ?1 AND username = ?2"
+                    " AND agent = ?3 ORDER BY id DESC LIMIT 1 OFFSET ?4)",
+    [Q_FAST_LIST] = "SELECT id, mech, initiator_hash, responder, expiry, count FROM fast_tokens"
+                    " WHERE host = ?1 AND username = ?2 AND agent = ?3 ORDER BY id DESC LIMIT ?4",
+    /* The count check and its update are one statement: two logins with
+     * the same count cannot both pass. ?5 < 0: the client sent none. */
+    [Q_FAST_USE] = "UPDATE fast_tokens SET count = max(count, ?5)"
+                   " WHERE host = ?1 AND username = ?2 AND agent = ?3 AND id = ?4"
+                   " AND (?5 < 0 OR count < ?5)",
+    [Q_FAST_DROP_OLDER] = "DELETE FROM fast_tokens WHERE host = ?1 AND username = ?2"
+                          " AND agent = ?3 AND id < ?4",
+    [Q_FAST_DEL] = "DELETE FROM fast_tokens WHERE host = ?1 AND username = ?2 AND agent = ?3"
+                   " AND (?4 = 0 OR id = ?4)",    /* DO NOTHING: an id already archived (a message routed again) is not a
+     * second copy (XEP-0313 §5.1.1: each message once per archive). */
+    [Q_MAM_APPEND] = "INSERT INTO mam (host, username, id, ts, with_bare, with_res, outgoing, xml)"
+                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                     " ON CONFLICT (host, username, id) DO NOTHING",
+    [Q_MAM_SEQ] = "SELECT seq FROM mam WHERE host = ?1 AND username = ?2 AND id = ?3",
+    [Q_MAM_EXPIRE] = "DELETE FROM mam WHERE host = ?1 AND ts < ?2",
 };
 
 typedef struct sq_handle {
@@ -1299,6 +1381,462 @@ done:
     return n;
 }
 
+/* ---- FAST tokens (XEP-0484) ---- */
+
+static int sq_bind_agent(sqlite3_stmt *st, const char *host, const char *user, const char *agent)
+{
+    return sq_bind_key(st, host, user) < 0 || sq_bind_text(st, 3, agent) < 0 ? -1 : 0;
+}
+
+static int sq_fast_put(void *hp, const char *host, const char *user, const char *agent,
+                       const st_fast_token *t, size_t keep, long long *id)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+
+    if (!host || !user || !agent || !t || !t->mech[0] || keep == 0) {
+        sq_bad_args(h, "storing a FAST token");
+        return -1;
+    }
+    if (sq_run(h, Q_BEGIN_WRITE) < 0) {
+        sq_fail(h, "storing a FAST token");
+        return -1;
+    }
+    st = sq_stmt(h, Q_FAST_PUT);
+    if (sq_bind_agent(st, host, user, agent) < 0 || sq_bind_text(st, 4, t->mech) < 0 ||
+        sqlite3_bind_blob(st, 5, t->initiator_hash, ST_FAST_HASH_LEN, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_blob(st, 6, t->responder, ST_FAST_HASH_LEN, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 7, t->expiry) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 8, t->count) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 9, (sqlite3_int64)time(NULL)) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        sq_write_fail(h, host, user, "storing a FAST token");
+        goto rollback;
+    }
+    if (id) *id = sqlite3_column_int64(st, 0);
+    sq_done(st);
+    st = sq_stmt(h, Q_FAST_TRIM);
+    if (sq_bind_agent(st, host, user, agent) < 0 ||
+        sqlite3_bind_int64(st, 4, sq_int64(keep)) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE) {
+        sq_fail(h, "dropping old FAST tokens");
+        goto rollback;
+    }
+    sq_done(st);
+    st = NULL;
+    if (sq_run(h, Q_COMMIT) < 0) {
+        sq_fail(h, "storing a FAST token");
+        goto rollback;
+    }
+    return 0;
+rollback:
+    if (st) sq_done(st);
+    sq_run(h, Q_ROLLBACK);
+    return ret;
+}
+
+static int sq_fast_list(void *hp, const char *host, const char *user, const char *agent,
+                        st_fast_token *out, size_t max)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int n = -1, rc;
+
+    if (!host || !user || !agent || (!out && max)) {
+        sq_bad_args(h, "reading FAST tokens");
+        return -1;
+    }
+    st = sq_stmt(h, Q_FAST_LIST);
+    if (sq_bind_agent(st, host, user, agent) < 0 ||
+        sqlite3_bind_int64(st, 4, sq_int64(max)) != SQLITE_OK) {
+        sq_fail(h, "reading FAST tokens");
+        goto done;
+    }
+    n = 0;
+    while ((size_t)n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        st_fast_token *t = &out[n];
+        const char *mech = (const char *)sqlite3_column_text(st, 1);
+        const void *ih = sqlite3_column_blob(st, 2);
+        int ihl = sqlite3_column_bytes(st, 2);
+        const void *rs = sqlite3_column_blob(st, 3);
+        int rsl = sqlite3_column_bytes(st, 3);
+        /* a row we did not write is damage, never a login */
+        if (!mech || strlen(mech) >= sizeof t->mech || !ih || ihl != ST_FAST_HASH_LEN || !rs ||
+            rsl != ST_FAST_HASH_LEN) {
+            st_error("storage", "sqlite %s: damaged FAST token row, while reading it", h->path);
+            n = -1;
+            goto done;
+        }
+        memset(t, 0, sizeof *t);
+        t->id = sqlite3_column_int64(st, 0);
+        snprintf(t->mech, sizeof t->mech, "%s", mech);
+        memcpy(t->initiator_hash, ih, ST_FAST_HASH_LEN);
+        memcpy(t->responder, rs, ST_FAST_HASH_LEN);
+        t->expiry = sqlite3_column_int64(st, 4);
+        t->count = sqlite3_column_int64(st, 5);
+        n++;
+    }
+    if ((size_t)n < max && rc != SQLITE_DONE) {
+        sq_fail(h, "reading FAST tokens");
+        n = -1;
+    }
+done:
+    sq_done(st);
+    return n;
+}
+
+static int sq_fast_use(void *hp, const char *host, const char *user, const char *agent,
+                       long long id, long long count)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+
+    if (!host || !user || !agent || id <= 0) {
+        sq_bad_args(h, "using a FAST token");
+        return -1;
+    }
+    if (sq_run(h, Q_BEGIN_WRITE) < 0) {
+        sq_fail(h, "using a FAST token");
+        return -1;
+    }
+    st = sq_stmt(h, Q_FAST_USE);
+    if (sq_bind_agent(st, host, user, agent) < 0 || sqlite3_bind_int64(st, 4, id) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 5, count) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE) {
+        sq_fail(h, "using a FAST token");
+        goto rollback;
+    }
+    if (sqlite3_changes(h->db) == 0) {
+        ret = 1;
+        goto rollback;
+    }
+    sq_done(st);
+    st = sq_stmt(h, Q_FAST_DROP_OLDER);
+    if (sq_bind_agent(st, host, user, agent) < 0 || sqlite3_bind_int64(st, 4, id) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        sq_fail(h, "dropping replaced FAST tokens");
+        goto rollback;
+    }
+    sq_done(st);
+    st = NULL;
+    if (sq_run(h, Q_COMMIT) < 0) {
+        sq_fail(h, "using a FAST token");
+        goto rollback;
+    }
+    return 0;
+rollback:
+    if (st) sq_done(st);
+    sq_run(h, Q_ROLLBACK);
+    return ret;
+}
+
+static int sq_fast_del(void *hp, const char *host, const char *user, const char *agent,
+                       long long id)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int n = -1;
+
+    if (!host || !user || !agent || id < 0) {
+        sq_bad_args(h, "deleting FAST tokens");
+        return -1;
+    }
+    st = sq_stmt(h, Q_FAST_DEL);
+    if (sq_bind_agent(st, host, user, agent) < 0 || sqlite3_bind_int64(st, 4, id) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        sq_fail(h, "deleting FAST tokens");
+        goto done;
+    }
+    n = sqlite3_changes(h->db);
+done:
+    sq_done(st);
+    return n;
+}
+
+/* ---- message archive (XEP-0313) ---- */
+
+static int sq_mam_append(void *hp, const st_mam_entry *e, size_t n, int *result)
+{
+    static const char what[] = "archiving messages";
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+
+    if ((!e || !result) && n) {
+        sq_bad_args(h, what);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) result[i] = ST_MAM_FAILED;
+    if (n == 0) return 0;
+    /* One transaction for the batch: one WAL commit for many messages. */
+    if (sq_run(h, Q_BEGIN_WRITE) < 0) {
+        sq_fail(h, what);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const st_mam_entry *x = &e[i];
+        if (!x->host || !x->user || !x->id || !x->with_bare || !x->with_res || (!x->xml && x->len)) {
+            sq_bad_args(h, what);
+            continue;
+        }
+        st = sq_stmt(h, Q_MAM_APPEND);
+        int rc = SQLITE_ERROR;
+        if (sq_bind_key(st, x->host, x->user) == 0 && sq_bind_text(st, 3, x->id) == 0 &&
+            sqlite3_bind_int64(st, 4, x->ts) == SQLITE_OK && sq_bind_text(st, 5, x->with_bare) == 0 &&
+            sq_bind_text(st, 6, x->with_res) == 0 &&
+            sqlite3_bind_int(st, 7, x->outgoing ? 1 : 0) == SQLITE_OK &&
+            sq_bind_bytes(st, 8, x->xml, x->len) == 0)
+            rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+            result[i] = sqlite3_changes(h->db) == 0 ? ST_MAM_DUPLICATE : ST_MAM_STORED;
+        else if (sqlite3_extended_errcode(h->db) == SQLITE_CONSTRAINT_FOREIGNKEY)
+            result[i] = ST_MAM_NO_USER; /* the account is gone (or never was) */
+        else
+            sq_fail(h, what); /* this row only: the statement failed, the transaction stands */
+        sq_done(st);
+    }
+    if (sq_run(h, Q_COMMIT) < 0) {
+        sq_fail(h, what);
+        sq_run(h, Q_ROLLBACK);
+        for (size_t i = 0; i < n; i++) result[i] = ST_MAM_FAILED;
+        return -1;
+    }
+    return 0;
+}
+
+/* The seq of archive id in the user's archive: 1 found, 0 not, -1 error. */
+static int sq_mam_seq(sq_handle *h, const char *host, const char *user, const char *id,
+                      sqlite3_int64 *seq)
+{
+    sqlite3_stmt *st = sq_stmt(h, Q_MAM_SEQ);
+    int ret = -1, rc = SQLITE_ERROR;
+    if (sq_bind_key(st, host, user) == 0 && sq_bind_text(st, 3, id) == 0) rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *seq = sqlite3_column_int64(st, 0);
+        ret = 1;
+    } else if (rc == SQLITE_DONE) {
+        ret = 0;
+    } else {
+        sq_fail(h, "looking up an archive id");
+    }
+    sq_done(st);
+    return ret;
+}
+
+/* The resolved filters of a query. Parameters: ?1 host, ?2 user, ?3 with
+ * bare, ?4 with resource, ?5 start, ?6 end, ?7 after-id seq, ?8 before-id
+ * seq, ?9 the paging cursor, ?20... the ids. */
+typedef struct sq_mam_f {
+    const st_mam_query *q;
+    sqlite3_int64 after, before; /* form after-id / before-id seqs, 0 = none */
+} sq_mam_f;
+
+#define SQ_MAM_IDS_PARAM 20
+
+/* Append the WHERE clause for f to b (bounded). 0, or -1 if it did not fit. */
+static int sq_mam_where(const sq_mam_f *f, char *b, size_t cap, size_t *len)
+{
+    const st_mam_query *q = f->q;
+    size_t n = *len;
+#define SQ_ADD(...)                                                                                \
+    do {                                                                                           \
+        int w_ = snprintf(b + n, cap - n, __VA_ARGS__);                                            \
+        if (w_ < 0 || (size_t)w_ >= cap - n) return -1;                                            \
+        n += (size_t)w_;                                                                           \
+    } while (0)
+    SQ_ADD(" WHERE host = ?1 AND username = ?2");
+    if (q->with_bare) SQ_ADD(" AND with_bare = ?3");
+    if (q->with_bare && q->with_res) SQ_ADD(" AND with_res = ?4");
+    if (q->start != LLONG_MIN) SQ_ADD(" AND ts >= ?5");
+    if (q->end != LLONG_MAX) SQ_ADD(" AND ts <= ?6");
+    if (f->after) SQ_ADD(" AND seq > ?7");
+    if (f->before) SQ_ADD(" AND seq < ?8");
+    if (q->nids) {
+        SQ_ADD(" AND id IN (");
+        for (size_t i = 0; i < q->nids; i++)
+            SQ_ADD("%s?%zu", i ? ", " : "", (size_t)SQ_MAM_IDS_PARAM + i);
+        SQ_ADD(")");
+    }
+#undef SQ_ADD
+    *len = n;
+    return 0;
+}
+
+static int sq_mam_bind(sqlite3_stmt *st, const char *host, const char *user, const sq_mam_f *f)
+{
+    const st_mam_query *q = f->q;
+    if (sq_bind_key(st, host, user) < 0) return -1;
+    if (q->with_bare && sq_bind_text(st, 3, q->with_bare) < 0) return -1;
+    if (q->with_bare && q->with_res && sq_bind_text(st, 4, q->with_res) < 0) return -1;
+    if (q->start != LLONG_MIN && sqlite3_bind_int64(st, 5, q->start) != SQLITE_OK) return -1;
+    if (q->end != LLONG_MAX && sqlite3_bind_int64(st, 6, q->end) != SQLITE_OK) return -1;
+    if (f->after && sqlite3_bind_int64(st, 7, f->after) != SQLITE_OK) return -1;
+    if (f->before && sqlite3_bind_int64(st, 8, f->before) != SQLITE_OK) return -1;
+    for (size_t i = 0; i < q->nids; i++)
+        if (sq_bind_text(st, (int)(SQ_MAM_IDS_PARAM + i), q->ids[i]) < 0) return -1;
+    return 0;
+}
+
+/* Prepare "head WHERE <filters> tail" (the statement is the caller's). */
+static sqlite3_stmt *sq_mam_prepare(sq_handle *h, const char *host, const char *user,
+                                    const sq_mam_f *f, const char *head, const char *tail)
+{
+    size_t cap = 512 + f->q->nids * 16, len = 0;
+    char *sql = st_malloc(cap);
+    sqlite3_stmt *st = NULL;
+    if (!sql) return NULL;
+    int w = snprintf(sql, cap, "%s", head);
+    if (w < 0 || (size_t)w >= cap) goto out;
+    len = (size_t)w;
+    if (sq_mam_where(f, sql, cap, &len) < 0) goto out;
+    w = snprintf(sql + len, cap - len, "%s", tail);
+    if (w < 0 || (size_t)w >= cap - len) goto out;
+    if (sqlite3_prepare_v2(h->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        sq_fail(h, "preparing an archive query");
+        st = NULL;
+        goto out;
+    }
+    if (sq_mam_bind(st, host, user, f) < 0) {
+        sq_fail(h, "binding an archive query");
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+out:
+    st_free(sql);
+    return st;
+}
+
+/* count(*) of the filtered rows, with seq < below if below > 0. -1 on error. */
+static sqlite3_int64 sq_mam_count(sq_handle *h, const char *host, const char *user,
+                                  const sq_mam_f *f, sqlite3_int64 below)
+{
+    sqlite3_stmt *st = sq_mam_prepare(h, host, user, f, "SELECT count(*) FROM mam",
+                                      below > 0 ? " AND seq < ?9" : "");
+    sqlite3_int64 n = -1;
+    if (!st) return -1;
+    if ((below <= 0 || sqlite3_bind_int64(st, 9, below) == SQLITE_OK) &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    else
+        sq_fail(h, "counting archived messages");
+    sqlite3_finalize(st);
+    return n;
+}
+
+static int sq_mam_query(void *hp, const char *host, const char *user, const st_mam_query *q,
+                        st_mam_page *page)
+{
+    static const char what[] = "querying the archive";
+    sq_handle *h = hp;
+    sq_mam_f f = {.q = q};
+    sqlite3_stmt *st = NULL;
+    sqlite3_int64 cursor = 0, after = 0, first_seq = 0;
+    int ret = -1, r, rc, backwards = q && q->rsm_before_set;
+    char tail[128];
+    size_t want;
+
+    if (!host || !user || !q || !page || (q->nids && !q->ids)) {
+        sq_bad_args(h, what);
+        return -1;
+    }
+    *page = (st_mam_page){.first_index = -1};
+    /* Every id the query names must be in the archive (XEP-0313 §4.1.2,
+     * XEP-0059 §2.5): otherwise item-not-found, not an empty page. */
+    if (q->after_id && (r = sq_mam_seq(h, host, user, q->after_id, &f.after)) != 1) goto idfail;
+    if (q->before_id && (r = sq_mam_seq(h, host, user, q->before_id, &f.before)) != 1) goto idfail;
+    for (size_t i = 0; i < q->nids; i++) {
+        sqlite3_int64 unused;
+        if ((r = sq_mam_seq(h, host, user, q->ids[i], &unused)) != 1) goto idfail;
+    }
+    /* RSM: <before/> pages backwards from its id (or from the end when
+     * empty); <after/> forwards. Both at once is undefined (XEP-0313
+     * §4.3.2): before wins, after is still checked. */
+    if (q->rsm_after && (r = sq_mam_seq(h, host, user, q->rsm_after, &after)) != 1) goto idfail;
+    if (!backwards) cursor = after;
+    if (backwards && q->rsm_before && *q->rsm_before &&
+        (r = sq_mam_seq(h, host, user, q->rsm_before, &cursor)) != 1)
+        goto idfail;
+    if ((page->count = sq_mam_count(h, host, user, &f, 0)) < 0) return -1;
+    if (q->max == 0) {
+        page->complete = page->count == 0;
+        return 0;
+    }
+    /* One row more than asked tells whether the page is the last one. */
+    want = q->max;
+    snprintf(tail, sizeof tail, "%s ORDER BY seq %s LIMIT %zu OFFSET %lld",
+             cursor ? (backwards ? " AND seq < ?9" : " AND seq > ?9") : "",
+             backwards ? "DESC" : "ASC", want + 1,
+             !cursor && !backwards && q->rsm_index > 0 ? q->rsm_index : 0LL);
+    st = sq_mam_prepare(h, host, user, &f, "SELECT seq, id, ts, outgoing, xml FROM mam", tail);
+    if (!st || (cursor && sqlite3_bind_int64(st, 9, cursor) != SQLITE_OK)) goto done;
+    if (!(page->rows = st_calloc(want, sizeof *page->rows))) goto done;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (page->n == want) break; /* the extra row: more remain */
+        size_t len;
+        const char *id = (const char *)sqlite3_column_text(st, 1);
+        const char *xml = sq_column_bytes(st, 4, &len);
+        st_mam_row *row = &page->rows[page->n];
+        if (!id || !xml) {
+            st_error("storage", "sqlite %s: damaged archive row, while %s", h->path, what);
+            goto done;
+        }
+        if (!(row->id = st_strdup(id)) || !(row->xml = st_strndup(xml, len))) {
+            st_free(row->id);
+            row->id = NULL;
+            goto done;
+        }
+        row->len = len;
+        row->ts = sqlite3_column_int64(st, 2);
+        row->outgoing = sqlite3_column_int(st, 3) != 0;
+        if (page->n == 0 || backwards) first_seq = sqlite3_column_int64(st, 0);
+        page->n++;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        sq_fail(h, what);
+        goto done;
+    }
+    page->complete = rc == SQLITE_DONE;
+    if (backwards) /* fetched newest first: give them back in chronological order */
+        for (size_t i = 0; i < page->n / 2; i++) {
+            st_mam_row t = page->rows[i];
+            page->rows[i] = page->rows[page->n - 1 - i];
+            page->rows[page->n - 1 - i] = t;
+        }
+    if (page->n) {
+        sqlite3_int64 before = sq_mam_count(h, host, user, &f, first_seq);
+        if (before < 0) goto done;
+        page->first_index = before;
+    }
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    if (ret != 0) st_mam_page_free(page);
+    return ret;
+idfail:
+    return r == 0 ? 1 : -1;
+}
+
+static int sq_mam_expire(void *hp, const char *host, long long before)
+{
+    sq_handle *h = hp;
+    sqlite3_stmt *st = NULL;
+    int n = -1;
+
+    if (!host) {
+        sq_bad_args(h, "expiring archived messages");
+        return -1;
+    }
+    st = sq_stmt(h, Q_MAM_EXPIRE);
+    if (sqlite3_bind_text(st, 1, host, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 2, before) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE) {
+        sq_fail(h, "expiring archived messages");
+        goto done;
+    }
+    n = sqlite3_changes(h->db);
+done:
+    sq_done(st);
+    return n;
+}
+
 const st_store_ops st_store_sqlite = {
     .name = "sqlite",
     .open = sq_open,
@@ -1322,4 +1860,11 @@ const st_store_ops st_store_sqlite = {
     .kv_del = sq_kv_del,
     .kv_list = sq_kv_list,
     .kv_trim = sq_kv_trim,
+    .fast_put = sq_fast_put,
+    .fast_list = sq_fast_list,
+    .fast_use = sq_fast_use,
+    .fast_del = sq_fast_del,
+    .mam_append = sq_mam_append,
+    .mam_query = sq_mam_query,
+    .mam_expire = sq_mam_expire,
 };

@@ -47,9 +47,25 @@ typedef struct st_roster_item {
     long long ver;    /* roster version at which this row last changed */
 } st_roster_item;
 
+/* ---- FAST tokens (XEP-0484) ---- */
+#define ST_FAST_MECH_MAX 32
+#define ST_FAST_HASH_LEN 32 /* SHA-256 */
+typedef struct st_fast_token {
+    long long id;      /* assigned by fast_put */
+    char mech[ST_FAST_MECH_MAX]; /* "HT-SHA-256-NONE": a token works only with its mechanism */
+    unsigned char initiator_hash[ST_FAST_HASH_LEN]; /* SHA-256 of the expected initiator proof */
+    unsigned char responder[ST_FAST_HASH_LEN];      /* the server's proof, sent in <success/> */
+    long long expiry;  /* unix seconds */
+    long long count;   /* highest XEP-0484 count seen, -1 none yet */
+} st_fast_token;
+
 void st_roster_item_free(st_roster_item *it);          /* frees the members, not it */
 void st_roster_items_free(st_roster_item *items, size_t n); /* frees members and array */
 int st_roster_item_copy(st_roster_item *dst, const st_roster_item *src); /* 0 or -1 */
+
+struct st_mam_entry; /* the archive ops' types: server/storage/archive.h */
+struct st_mam_query;
+struct st_mam_page;
 
 typedef struct st_store_ops {
     const char *name; /* "sqlite" */
@@ -120,6 +136,42 @@ typedef struct st_store_ops {
                    void *ud);
     /* Keep only the newest keep entries of the store. Count deleted or -1. */
     int (*kv_trim)(void *h, const char *host, const char *user, const char *store, size_t keep);
+
+    /* -- XEP-0484 FAST tokens, per user and SASL2 user-agent id (agent) --
+     * A token is never stored: only what checking and answering a login
+     * needs (st_fast_token, see server/fast.h), like SCRAM's StoredKey and
+     * ServerKey. */
+    /* Store t (its id is assigned, *id gets it) and keep only the newest
+     * keep tokens of (user, agent): the current one and its successor. 0/-1. */
+    int (*fast_put)(void *h, const char *host, const char *user, const char *agent,
+                    const struct st_fast_token *t, size_t keep, long long *id);
+    /* Up to max tokens of (user, agent), newest first, expired ones
+     * included (the caller tells "expired" from "wrong"). Count or -1. */
+    int (*fast_list)(void *h, const char *host, const char *user, const char *agent,
+                     struct st_fast_token *out, size_t max);
+    /* A login used token id with XEP-0484 count (-1: none given): the
+     * count must exceed the stored one (replay). Older tokens of the agent
+     * are dropped, since the client has the newer one. 0 used, 1 refused
+     * (gone, or count not higher), -1. */
+    int (*fast_use)(void *h, const char *host, const char *user, const char *agent,
+                    long long id, long long count);
+    /* Forget token id of (user, agent), or all of the agent's with id 0.
+     * Count deleted or -1. */
+    int (*fast_del)(void *h, const char *host, const char *user, const char *agent,
+                    long long id);
+
+    /* -- message archive (XEP-0313; types in server/storage/archive.h) -- */
+    /* Append n entries in one transaction (a group commit); result[i] gets
+     * ST_MAM_STORED, ST_MAM_DUPLICATE (the id is already in that archive),
+     * ST_MAM_NO_USER or ST_MAM_FAILED. 0, or -1 if the batch failed as a whole. */
+    int (*mam_append)(void *h, const struct st_mam_entry *entries, size_t n, int *result);
+    /* One page of the user's archive. 0, 1 if an id the query names is not in
+     * the archive (item-not-found), -1 error. The page is the caller's. */
+    int (*mam_query)(void *h, const char *host, const char *user, const struct st_mam_query *q,
+                     struct st_mam_page *page);
+    /* Delete the host's archived messages older than before (microseconds).
+     * Count deleted or -1. */
+    int (*mam_expire)(void *h, const char *host, long long before);
 } st_store_ops;
 
 extern const st_store_ops st_store_sqlite;

@@ -29,6 +29,8 @@ def test_every_test_named_in_compliance_md_exists():
         table = f.read()
     cited = set()
     for cell in re.findall(r"`([a-z0-9_]+)(?:\[[^\]]*\])?`", table):
+        if "_" not in cell:
+            continue  # a word like `invalidate`, not a test name
         if cell.startswith("test_") or re.match(r"^(rfc|xep|tls|xmlstream|scram|serializer|"
                                                  r"builder|jid|buf|arena|parse|billion|"
                                                  r"invalid|nul|queries|mutation|node|copy|"

@@ -319,6 +319,94 @@ static void rfc5802_6_plus_mechanism_requires_binding(void **state)
     assert_string_equal(run_exchange(&x), "malformed-request");
 }
 
+/* ---- XEP-0474 downgrade protection ---- */
+
+/* Table: lists in any order -> the value of "h". The first row is the
+ * XEP's own example (§5.3, SCRAM-SHA-1). */
+static void xep0474_ssdp_value_table(void **state)
+{
+    static const struct {
+        st_scram_hash h;
+        const char *mechs[6];
+        const char *cbs[3];
+        const char *want;
+    } rows[] = {
+        {ST_SCRAM_SHA1, {"SCRAM-SHA-1-PLUS", "SCRAM-SHA-1"}, {"tls-server-end-point", "tls-exporter"},
+         "G6k/rBLDqgOhRRaCuuatSDFkJ08="},
+        {ST_SCRAM_SHA256,
+         {"SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"},
+         {"tls-exporter", "tls-server-end-point"},
+         "HsVT3zgfiif56i/w96g+XTr+Rx/Yfkw1VkxOAdVb9Wk="},
+        /* no XEP-0440 advertisement: no %x1F at all */
+        {ST_SCRAM_SHA256, {"SCRAM-SHA-256", "SCRAM-SHA-1"}, {NULL},
+         "0/NIECGLXv63MqTb7NyUI9Tqxi40YVZyx61umRrH924="},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        size_t nm = 0, nc = 0;
+        while (nm < 6 && rows[i].mechs[nm]) nm++;
+        while (nc < 3 && rows[i].cbs[nc]) nc++;
+        st_buf out;
+        st_buf_init(&out, 0);
+        assert_int_equal(st_scram_ssdp_value(rows[i].h, rows[i].mechs, nm,
+                                             nc ? rows[i].cbs : NULL, nc, &out),
+                         0);
+        assert_string_equal(out.data, rows[i].want);
+        st_buf_free(&out);
+    }
+}
+
+/* The server puts h= after i= in server-first, for known and unknown users
+ * alike, and the exchange still verifies (the attribute is part of
+ * AuthMessage, so the client's proof covers it). */
+static void xep0474_server_first_carries_h_attribute(void **state)
+{
+    static const char *const mechs[] = {"SCRAM-SHA-256", "SCRAM-SHA-1"};
+    const char *user, *err;
+    const char *c1 = "n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
+    st_buf out;
+    st_buf_init(&out, 0);
+    for (int known = 0; known < 2; known++) {
+        st_scram_cred cred;
+        make_cred(&cred, ST_SCRAM_SHA256, "pencil", "W22ZaJ0SNY7soEsUEjb6gQ==");
+        st_scram_server *ss = st_scram_server_new(ST_SCRAM_SHA256, 0, 0, NULL);
+        assert_non_null(ss);
+        st_scram_server_set_nonce(ss, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0");
+        assert_int_equal(st_scram_server_set_ssdp(ss, mechs, 2, NULL, 0), 0);
+        assert_int_equal(st_scram_server_start(ss, c1, strlen(c1), &user, &err), 0);
+        st_buf_reset(&out);
+        assert_int_equal(st_scram_server_challenge(ss, known ? &cred : NULL, &out), 0);
+        const char *h = strstr(out.data, ",i=4096,h=");
+        assert_non_null(h);
+        assert_string_equal(h + 10, "0/NIECGLXv63MqTb7NyUI9Tqxi40YVZyx61umRrH924=");
+        st_scram_server_free(ss);
+    }
+    st_buf_free(&out);
+
+    /* a whole exchange with our client, which ignores the extension */
+    st_scram_cred cred;
+    const char *u2, *e2 = NULL;
+    st_buf s1, cf, s2;
+    st_buf_init(&s1, 0);
+    st_buf_init(&cf, 0);
+    st_buf_init(&s2, 0);
+    assert_int_equal(st_scram_cred_make(&cred, ST_SCRAM_SHA256, "pencil", NULL, 0, 0), 0);
+    st_scram_client *sc = st_scram_client_new(ST_SCRAM_SHA256, "user", "pencil", NULL, NULL, 0, 0);
+    st_scram_server *ss = st_scram_server_new(ST_SCRAM_SHA256, 0, 0, NULL);
+    assert_int_equal(st_scram_server_set_ssdp(ss, mechs, 2, NULL, 0), 0);
+    assert_int_equal(st_scram_client_first(sc, &cf), 0);
+    assert_int_equal(st_scram_server_start(ss, cf.data, cf.len, &u2, &e2), 0);
+    assert_int_equal(st_scram_server_challenge(ss, &cred, &s1), 0);
+    st_buf_reset(&cf);
+    assert_int_equal(st_scram_client_final(sc, s1.data, s1.len, &cf), 0);
+    assert_int_equal(st_scram_server_finish(ss, cf.data, cf.len, &s2, &e2), 0);
+    assert_int_equal(st_scram_client_verify(sc, s2.data, s2.len), 0);
+    st_scram_client_free(sc);
+    st_scram_server_free(ss);
+    st_buf_free(&s1);
+    st_buf_free(&cf);
+    st_buf_free(&s2);
+}
+
 /* ---- authzid and saslname ---- */
 
 static void rfc5802_5_1_saslname_and_authzid(void **state)
@@ -728,6 +816,8 @@ int main(void)
         cmocka_unit_test(rfc6120_6_5_plus_without_tls_encryption_required),
         cmocka_unit_test(rfc5802_6_downgrade_detected),
         cmocka_unit_test(rfc5802_6_plus_mechanism_requires_binding),
+        cmocka_unit_test(xep0474_ssdp_value_table),
+        cmocka_unit_test(xep0474_server_first_carries_h_attribute),
         cmocka_unit_test(rfc5802_5_1_saslname_and_authzid),
         cmocka_unit_test(rfc5802_7_malformed_client_first),
         cmocka_unit_test(rfc5802_7_malformed_client_final),
