@@ -1842,11 +1842,54 @@ static void sm_enable_xml(st_conn *c, const st_node *r, st_buf *out)
         st_buf_printf(out, "<enabled xmlns='" ST_NS_SM "' id='%s'/>", sess->sm->id);
 }
 
+/* An <a/> promises the client that the server has taken responsibility for
+ * its stanzas: a message stored for an offline user must then survive a
+ * kill -9. Storage runs jobs in order on one thread, so a no-op job queued
+ * now completes only after every write the counted stanzas caused (offline
+ * storage, archive, roster); the answer waits for it. SQLite in WAL mode
+ * has committed those writes by then, which survives a process crash. */
+typedef struct ack_job {
+    st_conn *c;
+    uint32_t h;
+} ack_job;
+
+static void ack_barrier_work(void *h, void *arg)
+{
+}
+
+static void ack_barrier_done(void *arg)
+{
+    ack_job *j = arg;
+    st_conn *c = j->c;
+    if (!st_conn_is_closed(c) && !c->dying) {
+        char buf[96];
+        int n = snprintf(buf, sizeof buf, "<a xmlns='" ST_NS_SM "' h='%u'/>", (unsigned)j->h);
+        st_conn_send_raw(c, buf, (size_t)n);
+    }
+    st_conn_unref(c);
+    st_free(j);
+}
+
+static void sm_ack_when_durable(st_conn *c, uint32_t h)
+{
+    ack_job *j = st_calloc(1, sizeof *j);
+    if (!j) {
+        st_conn_close(c, "internal-server-error", NULL);
+        return;
+    }
+    j->c = st_conn_ref(c);
+    j->h = h;
+    if (st_storage_submit(c->srv->store, ack_barrier_work, ack_barrier_done, j) != 0) {
+        st_conn_unref(c);
+        st_free(j);
+        st_conn_close(c, "internal-server-error", NULL);
+    }
+}
+
 static void sm_element(st_conn *c, const st_node *r)
 {
     st_session *sess = c->session;
     st_sm *sm = sess ? sess->sm : NULL;
-    char buf[256];
     if (strcmp(r->name, "resume") == 0) {
         sm_resume(c, r);
     } else if (strcmp(r->name, "enable") == 0) {
@@ -1856,8 +1899,7 @@ static void sm_element(st_conn *c, const st_node *r)
         if (b.len) st_conn_send_raw(c, b.data, b.len);
         st_buf_free(&b);
     } else if (strcmp(r->name, "r") == 0 && sm) {
-        int n = snprintf(buf, sizeof buf, "<a xmlns='" ST_NS_SM "' h='%u'/>", (unsigned)sm->h_in);
-        st_conn_send_raw(c, buf, (size_t)n);
+        sm_ack_when_durable(c, sm->h_in);
     } else if (strcmp(r->name, "a") == 0 && sm) {
         uint32_t h;
         if (parse_h(st_attr_get(r, "h"), &h) != 0) {
