@@ -77,8 +77,11 @@ integration() {
     # A part of the suite again against the ASan+UBSan daemon: the c2s paths
     # and the hostile-input cases, where memory errors would hide.
     if [ -x build-asan/starlingd ]; then
-        echo "== integration tests (build-asan/, c2s and stream errors)"
-        run_pytest build-asan "tests/integration/test_c2s_slixmpp.py tests/integration/test_stream_errors.py"
+        echo "== integration tests (build-asan/: c2s, stream errors, SM, SASL2, presence, offline, PEP)"
+        run_pytest build-asan "tests/integration/test_c2s_slixmpp.py tests/integration/test_stream_errors.py
+            tests/integration/test_sm.py tests/integration/test_sasl2.py
+            tests/integration/test_im_subscriptions.py tests/integration/test_im_presence.py
+            tests/integration/test_offline.py tests/integration/test_pep.py"
     fi
 }
 
