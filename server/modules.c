@@ -30,7 +30,7 @@ const char *const st_default_modules[] = {"disco",  "version", "ping",     "time
                                           "offline", "carbons", "last",
                                           "blocking", "vcard", "private",
                                           "caps", "pep", "avatar", "bookmarks",
-                                          "push", NULL};
+                                          "push", "mam", NULL};
 
 const st_module *st_module_find(const char *name)
 {
