@@ -91,6 +91,7 @@ typedef struct opts {
     int server_pid;
     double timeout;
     const char *label;
+    const char *sp_cache; /* file keeping the SaltedPassword cache between runs */
 } opts;
 
 /* Cached SCRAM secret of one user: valid while the server keeps its salt. */
@@ -115,6 +116,7 @@ typedef struct conn {
     char *jid;     /* bound full JID, owned */
     st_scram_client *scram;
     double t_start; /* connect time, for login latency */
+    double t_close; /* when we sent </stream:stream> */
     /* scenario state */
     int peer;        /* msg: partner connection index */
     uint64_t sent;   /* messages / broadcasts sent */
@@ -686,6 +688,10 @@ static void on_features(conn *c, const st_node *f)
 static void on_bound(conn *c)
 {
     c->state = CS_READY;
+    /* RFC 6121 §2.1.6: only a resource that asked for the roster is
+     * "interested" and gets subscription requests (Prosody enforces it). */
+    if (o.scenario == SC_PRESENCE)
+        send_str(c, "<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>");
     send_presence_initial(c);
     ready++;
     lat_add(now_s() - c->t_start);
@@ -744,6 +750,16 @@ static void on_iq(conn *c, st_stanza *s)
     }
 }
 
+/* One chat message to the partner, stamped with the send time: the
+ * receiver's clock is ours, so latency needs no synchronisation. */
+static void msg_send(conn *c)
+{
+    conn *p = &conns[c->peer];
+    send_fmt(c, "<message to='%s' type='chat'><body>t%" PRIu64 "</body></message>", p->jid,
+             now_ns());
+    c->sent++;
+}
+
 static void on_message(conn *c, st_stanza *s)
 {
     const char *body = st_child_text(s->root, "body", NULL);
@@ -759,11 +775,8 @@ static void on_message(conn *c, st_stanza *s)
     conn *p = &conns[c->peer];
     /* Window mode: the partner may send one more now. */
     if (o.rate <= 0 && phase_running && p->state == CS_READY && !p->dead)
-        while (p->sent - c->recv < (uint64_t)o.window) {
-            send_fmt(p, "<message to='%s' type='chat'><body>t%" PRIu64 "</body></message>",
-                     c->jid, now_ns());
-            p->sent++;
-        }
+        while (p->sent - c->recv < (uint64_t)o.window)
+            msg_send(p);
 }
 
 /* presence: setup = subscription exchange; phase = broadcast counting. */
@@ -918,7 +931,8 @@ static void conn_readable(conn *c)
                     return;
                 c->dead = 1;
                 if (c->state != CS_CLOSING)
-                    note_error(c, "read failed");
+                    note_error(c, errno == ECONNRESET ? "connection reset by the server"
+                                                      : "read failed");
                 return;
             }
             if (n == 0) {
@@ -1000,6 +1014,24 @@ static void begin_close(conn *c)
 {
     send_str(c, "</stream:stream>");
     c->state = CS_CLOSING;
+    c->t_close = now_s();
+}
+
+/* A server that never answers our </stream:stream> must not hold a slot:
+ * after CLOSE_WAIT_S the connection is dropped (and counted). */
+#define CLOSE_WAIT_S 2.0
+static long close_timeouts;
+static void sweep_closing(double now)
+{
+    static double last;
+    if (now - last < 0.1)
+        return;
+    last = now;
+    for (long i = 0; i < nconns; i++)
+        if (conns[i].state == CS_CLOSING && now - conns[i].t_close > CLOSE_WAIT_S) {
+            close_timeouts++;
+            conn_release(&conns[i]);
+        }
 }
 
 /* ---- the loop ---- */
@@ -1029,6 +1061,7 @@ static int run_loop(step_fn step, double deadline, int tick_ms)
     long dead_idx[MAXEV];
     for (;;) {
         double now = now_s();
+        sweep_closing(now);
         if (step(now))
             return 0;
         if (now > deadline || now - t0 > o.timeout)
@@ -1140,8 +1173,11 @@ static double gen_cpu_mark;
 
 static void emit(st_buf *j)
 {
-    st_buf_printf(j, ",\"gen_cpu_s\":%.2f,\"failed\":%ld,\"error\":\"%s\"}\n",
-                  self_cpu_s() - gen_cpu_mark, failed, first_error ? first_error : "");
+    st_buf_printf(j,
+                  ",\"gen_cpu_s\":%.2f,\"closed_politely\":%ld,\"other_stanzas\":%" PRIu64
+                  ",\"failed\":%ld,\"error\":\"%s\"}\n",
+                  self_cpu_s() - gen_cpu_mark, closed_ok, pkt_misc, failed,
+                  first_error ? first_error : "");
     fputs(j->data, stdout);
     fflush(stdout);
     st_buf_free(j);
@@ -1169,13 +1205,21 @@ static int scenario_login(void)
     long n = o.n;
     o.n = n < o.users ? n : o.users;
     next_login = 0;
-    if (run_loop(login_step, now_s() + o.timeout, 10) != 0 || failed) {
-        fprintf(stderr, "loadgen: warm-up logins failed\n");
+    long cached = 0;
+    for (long i = 0; i < o.n; i++)
+        cached += cache[i].valid;
+    if (cached == o.n)
+        o.n = 0; /* every user is cached from an earlier run */
+    if (o.n && run_loop(login_step, now_s() + o.timeout, 10) != 0) {
+        fprintf(stderr, "loadgen: warm-up logins timed out\n");
         return 1;
     }
+    if (failed)
+        fprintf(stderr, "loadgen: %ld of %ld warm-up logins failed\n", failed, o.n);
     run_loop(wait_closed_step, now_s() + 3, 10);
     o.n = n;
-    started = ready = failed = 0;
+    started = ready = failed = close_timeouts = 0;
+    first_error = NULL;
     memset(lat_hist, 0, LAT_BUCKETS * sizeof *lat_hist);
     lat_count = 0;
     gen_cpu_mark = self_cpu_s();
@@ -1194,9 +1238,9 @@ static int scenario_login(void)
     st_buf_printf(&j,
                   ",\"n\":%ld,\"inflight\":%ld,\"ok\":%ld,\"elapsed_s\":%.3f,\"logins_per_s\":%.1f,"
                   "\"server_cpu_ms\":%.0f,\"cpu_ms_per_login\":%.4f,\"login_p50_ms\":%.2f,"
-                  "\"login_p99_ms\":%.2f,\"timed_out\":%d",
+                  "\"login_p99_ms\":%.2f,\"close_timeouts\":%ld,\"timed_out\":%d",
                   o.n, o.inflight, ready, el, ready / el, cpu_ms, ready ? cpu_ms / ready : -1,
-                  lat_pct(0.5), lat_pct(0.99), r != 0);
+                  lat_pct(0.5), lat_pct(0.99), close_timeouts, r != 0);
     emit(&j);
     return r != 0 || failed;
 }
@@ -1230,14 +1274,6 @@ static int scenario_idle(void)
 static uint64_t rate_sent;
 static long rr;
 static double phase_start;
-
-static void msg_send(conn *c)
-{
-    conn *p = &conns[c->peer];
-    send_fmt(c, "<message to='%s' type='chat'><body>t%" PRIu64 "</body></message>", p->jid,
-             now_ns());
-    c->sent++;
-}
 
 static int msg_step(double now)
 {
@@ -1432,7 +1468,8 @@ static void usage_exit(void)
           "  --pairs P --window W --seconds T --rate R (msg/s total; 0 = window mode)\n"
           "  --contacts C (100) --groups G (presence)\n"
           "  --src N (source addresses 127.0.0.1..N) --server-pid PID\n"
-          "  --timeout S (abort the run after S seconds, 300) --label TEXT\n",
+          "  --timeout S (abort the run after S seconds, 300) --label TEXT\n"
+          "  --sp-cache FILE (keep derived SCRAM keys between runs against one server)\n",
           stderr);
     exit(2);
 }
@@ -1451,7 +1488,8 @@ static void parse_args(int argc, char **argv)
         {"user-base", 1, 0, 'b'}, {"pairs", 1, 0, 'p'},    {"window", 1, 0, 'W'},
         {"seconds", 1, 0, 't'},  {"rate", 1, 0, 'r'},      {"contacts", 1, 0, 'c'},
         {"groups", 1, 0, 'g'},   {"src", 1, 0, 'S'},       {"server-pid", 1, 0, 'i'},
-        {"timeout", 1, 0, 'O'},  {"label", 1, 0, 'l'},     {0, 0, 0, 0}};
+        {"timeout", 1, 0, 'O'},  {"label", 1, 0, 'l'},     {"sp-cache", 1, 0, 'C'},
+        {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "s:n:k:t:", lo, NULL)) != -1) {
         switch (ch) {
@@ -1488,6 +1526,7 @@ static void parse_args(int argc, char **argv)
         case 'i': o.server_pid = atoi(optarg); break;
         case 'O': o.timeout = atof(optarg); break;
         case 'l': o.label = optarg; break;
+        case 'C': o.sp_cache = optarg; break;
         default: usage_exit();
         }
     }
@@ -1495,6 +1534,30 @@ static void parse_args(int argc, char **argv)
         o.contacts < 1 || o.groups < 1 || o.nsrc < 1 || o.nsrc > 250 || o.timeout <= 0 ||
         o.seconds <= 0 || o.seconds > 3600)
         usage_exit();
+}
+
+/* The cache file is a plain array of spcache for users 0..users-1 of this
+ * server (salts differ per server, so the runner keeps one per server). */
+static void cache_load(void)
+{
+    FILE *f = o.sp_cache ? fopen(o.sp_cache, "rb") : NULL;
+    if (!f)
+        return;
+    size_t n = fread(cache, sizeof *cache, (size_t)o.users, f);
+    for (size_t i = n; i < (size_t)o.users; i++)
+        cache[i].valid = 0;
+    fclose(f);
+}
+
+static void cache_save(void)
+{
+    if (!o.sp_cache)
+        return;
+    FILE *f = fopen(o.sp_cache, "wb");
+    if (!f)
+        return;
+    fwrite(cache, sizeof *cache, (size_t)o.users, f);
+    fclose(f);
 }
 
 static void raise_fd_limit(long need)
@@ -1519,7 +1582,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     t0 = now_s();
     switch (o.scenario) {
-    case SC_LOGIN: nconns = 2 * o.inflight; break; /* closing ones hold a slot */
+    case SC_LOGIN: nconns = 8 * o.inflight; break; /* closing ones hold a slot */
     case SC_IDLE: nconns = o.n; break;
     case SC_MSG: nconns = 2 * o.pairs; break;
     case SC_PRESENCE: nconns = o.groups * (o.contacts + 1); break;
@@ -1560,12 +1623,14 @@ int main(int argc, char **argv)
     SSL_CTX_set_mode(ssl_ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                                   SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 
+    cache_load();
     switch (o.scenario) {
     case SC_LOGIN: rc = scenario_login(); break;
     case SC_IDLE: rc = scenario_idle(); break;
     case SC_MSG: rc = scenario_msg(); break;
     case SC_PRESENCE: rc = scenario_presence(); break;
     }
+    cache_save();
 done:
     for (long i = 0; conns && i < nconns; i++)
         if (conns[i].state != CS_FREE)
