@@ -2,7 +2,8 @@
 #
 #   make run     install what is missing, build, start starlingd on localhost
 #   make test    install, build (plain and ASan+UBSan), run every test
-#   make fuzz    run each libFuzzer target for FUZZ_TIME seconds (default 60)
+#   make fuzz    run each libFuzzer target for FUZZ_TIME seconds (default 60),
+#                FUZZ_JOBS (2) at a time, and print a summary per target
 #
 # Sources are picked up by directory, so adding a module is adding a file.
 
@@ -78,8 +79,10 @@ $(BUILD)/tests/%: tests/integration/%.c
 # libFuzzer targets always build with clang, ASan and UBSan.
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -Iinclude -I. -fsanitize=fuzzer,address,undefined \
                -DSTARLING_VERSION=\"$(shell cat VERSION)\"
-# The c2s target runs a whole in-process server, so it links server/ too.
-build-fuzz/fuzz_c2s: tests/fuzz/fuzz_c2s.c $(CORE_SRC) $(SERVER_SRC) $(wildcard include/starling/*.h server/*.h server/*/*.h)
+# The c2s and stanzas targets run a whole in-process server, and the config target
+# checks module options against the module tables, so all three link server/ too.
+FUZZ_SERVER_BIN := build-fuzz/fuzz_c2s build-fuzz/fuzz_config build-fuzz/fuzz_stanzas
+$(FUZZ_SERVER_BIN): build-fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(SERVER_SRC) $(wildcard include/starling/*.h server/*.h server/*/*.h)
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(CORE_SRC) $(SERVER_SRC) $(LIBS)
 
@@ -99,10 +102,30 @@ asan:
 fuzz-replay: $(FUZZ_BIN)
 	@sh scripts/test.sh fuzz
 
+# FUZZ_JOBS targets at a time (one per core; each target is one process).
+# Each target's output goes to build-fuzz/NAME.log, so two runs do not
+# interleave; the summary at the end gives runs, corpus size and findings
+# (crash/leak/timeout/oom files, saved as tests/fuzz/NAME-crash-...) per
+# target, and make fails if any target found something.
+FUZZ_JOBS ?= 2
 fuzz: $(FUZZ_BIN)
-	@for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p tests/fuzz/corpus/$$n; \
-	  echo "== $$n for $(FUZZ_TIME)s"; \
-	  $$f -max_total_time=$(FUZZ_TIME) -artifact_prefix=tests/fuzz/ tests/fuzz/corpus/$$n || exit 1; done
+	@printf '%s\n' $(notdir $(FUZZ_BIN)) | xargs -P $(FUZZ_JOBS) -I{} sh -c ' \
+	  mkdir -p tests/fuzz/corpus/{}; echo "== {}: fuzzing for $(FUZZ_TIME)s (build-fuzz/{}.log)"; \
+	  build-fuzz/{} -max_total_time=$(FUZZ_TIME) -print_final_stats=1 \
+	    -artifact_prefix=tests/fuzz/{}- tests/fuzz/corpus/{} >build-fuzz/{}.log 2>&1; \
+	  echo "== {}: done (exit $$?)"' || true
+	@echo "== fuzz summary ($(FUZZ_TIME)s per target)"; bad=0; \
+	for n in $(notdir $(FUZZ_BIN)); do \
+	  runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' build-fuzz/$$n.log | tail -1); \
+	  corpus=$$(find tests/fuzz/corpus/$$n -type f | wc -l); \
+	  found=$$(ls tests/fuzz/$$n-crash-* tests/fuzz/$$n-leak-* tests/fuzz/$$n-timeout-* \
+	           tests/fuzz/$$n-oom-* 2>/dev/null | wc -l); \
+	  if grep -q '^==[0-9]*==ERROR\|^SUMMARY: \|deadly signal' build-fuzz/$$n.log && [ "$$found" -eq 0 ]; \
+	  then found=1; fi; \
+	  printf '%-16s runs %10s  corpus %5s files  findings %s\n' $$n "$${runs:-?}" $$corpus $$found; \
+	  [ "$$found" -eq 0 ] || bad=1; \
+	done; \
+	[ $$bad -eq 0 ] || { echo "findings: see build-fuzz/NAME.log and tests/fuzz/NAME-*"; exit 1; }
 
 integration: all
 	@sh scripts/test.sh integration
@@ -132,3 +155,11 @@ $(BUILD)/bench/loadgen: bench/loadgen.c $(BUILD)/libstarling-core.a $(wildcard i
 
 bench-compare: bench
 	bench/compare $(COMPARE_ARGS)
+
+# ---- soak (tests/soak/): long-running memory check, not part of `make test` ----
+# `make soak` runs 10,000 sessions with churn for 10 minutes and fails if RSS
+# at the end is more than 10% above RSS after the first minute; the short
+# run is `make soak SOAK_SECONDS=60 SOAK_SESSIONS=2000`. See docs/testing.md.
+.PHONY: soak
+soak: $(BUILD)/starlingd
+	STARLING_BUILD=$(BUILD) /usr/bin/python3 tests/soak/soak.py

@@ -6,7 +6,7 @@
 set -e
 PKGS="gcc make pkg-config clang libclang-rt-14-dev openssl
 libexpat1-dev libssl-dev libsqlite3-dev libidn-dev
-libcmocka-dev python3-pytest python3-slixmpp libstrophe-dev profanity tmux procps"
+libcmocka-dev python3-pytest python3-slixmpp libstrophe-dev profanity tmux procps adduser"
 
 missing=""
 for p in $PKGS; do
@@ -26,6 +26,16 @@ if [ -n "$missing" ]; then
     $SUDO apt-get update -qq
     # shellcheck disable=SC2086
     $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# The unprivileged user starlingd becomes when started as root (the config
+# key `user`, default "starling"; server.c drop_privileges): a system user
+# with its own group, no home and no login shell.
+if ! getent passwd starling >/dev/null 2>&1; then
+    echo "creating: system user starling"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO adduser --system --group --no-create-home --quiet starling
 fi
 
 # npm ci only when node_modules is missing or older than the lock file

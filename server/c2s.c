@@ -1851,6 +1851,8 @@ static void sm_enable_xml(st_conn *c, const st_node *r, st_buf *out)
 typedef struct ack_job {
     st_conn *c;
     uint32_t h;
+    unsigned long gen; /* srv->held_gen when queued */
+    int tries;
 } ack_job;
 
 static void ack_barrier_work(void *h, void *arg)
@@ -1861,6 +1863,16 @@ static void ack_barrier_done(void *arg)
 {
     ack_job *j = arg;
     st_conn *c = j->c;
+    st_server *s = c->srv;
+    /* A module may hold some of the counted stanzas (a blocklist loading)
+     * and route them only now, queuing their storage work behind this
+     * barrier: go round once more until nothing was held or released
+     * meanwhile (bounded, so a busy server still answers). */
+    if ((s->held_stanzas || s->held_gen != j->gen) && j->tries < 64 && !st_conn_is_closed(c)) {
+        j->tries++;
+        j->gen = s->held_gen;
+        if (st_storage_submit(s->store, ack_barrier_work, ack_barrier_done, j) == 0) return;
+    }
     if (!st_conn_is_closed(c) && !c->dying) {
         char buf[96];
         int n = snprintf(buf, sizeof buf, "<a xmlns='" ST_NS_SM "' h='%u'/>", (unsigned)j->h);
@@ -1879,6 +1891,7 @@ static void sm_ack_when_durable(st_conn *c, uint32_t h)
     }
     j->c = st_conn_ref(c);
     j->h = h;
+    j->gen = c->srv->held_gen;
     if (st_storage_submit(c->srv->store, ack_barrier_work, ack_barrier_done, j) != 0) {
         st_conn_unref(c);
         st_free(j);

@@ -116,6 +116,7 @@ int st_parse_duration(const char *s, long long *out)
 
 typedef enum {
     K_STRING, /* non-empty string */
+    K_USER,   /* a user name, or empty ("do not drop privileges") */
     K_ENUM,   /* one of choices */
     K_ADDRS,  /* list of IP literals, at least one */
     K_PORTS,  /* list of ports, may be empty */
@@ -154,6 +155,7 @@ static const key_def keys[] = {
     STR(certificate),
     STR(private_key),
     STR(admin_socket),
+    {"user", K_USER, F(user), 0, 0, 0, NULL},
     {"bind", K_ADDRS, F(bind), F(nbind), 0, 0, NULL},
     {"c2s_ports", K_PORTS, F(c2s_ports), F(nc2s_ports), 1, 65535, NULL},
     {"c2s_tls_ports", K_PORTS, F(c2s_tls_ports), F(nc2s_tls_ports), 1, 65535, NULL},
@@ -338,6 +340,22 @@ static void set_global(loader *L, const key_def *k, const char *value, int line)
     int b;
 
     switch (k->type) {
+    case K_USER: {
+        /* Empty is allowed here: it is how an admin says "stay root". The
+         * characters refused could never be in a name getpwnam() finds,
+         * and saying so now beats a puzzling warning at start. */
+        if (strlen(value) > 32 || strpbrk(value, " \t:/,")) {
+            errf(L, line,
+                 "%s: '%s' is not a user name (at most 32 characters, no spaces, ':' or '/')",
+                 k->name, value);
+            return;
+        }
+        char *dup = xstrdup(L, value, line);
+        if (!dup) return;
+        st_free(L->c->user);
+        L->c->user = dup;
+        return;
+    }
     case K_STRING:
     case K_ENUM: {
         if (!*value) {
@@ -870,6 +888,7 @@ static int string_defaults(st_config *c, int ports_set, int tls_ports_set)
 {
     if (set_default_str(&c->data_dir, "/var/lib/starling") ||
         set_default_str(&c->store, "sqlite") || set_default_str(&c->log_level, "info") ||
+        set_default_str(&c->user, "starling") ||
         set_derived_path(&c->certificate, c->data_dir, "cert.pem") ||
         set_derived_path(&c->private_key, c->data_dir, "key.pem") ||
         set_derived_path(&c->admin_socket, c->data_dir, "admin.sock"))
@@ -1002,7 +1021,7 @@ void st_config_free(st_config *c)
     st_free(c->path);
     for (size_t i = 0; i < NKEYS; i++) {
         char *base = (char *)c;
-        if (keys[i].type == K_STRING || keys[i].type == K_ENUM)
+        if (keys[i].type == K_STRING || keys[i].type == K_ENUM || keys[i].type == K_USER)
             st_free(*(char **)(base + keys[i].off));
     }
     free_strv(c->bind, c->nbind);

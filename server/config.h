@@ -46,6 +46,8 @@ typedef struct st_config {
     char *certificate;       /* PEM cert path; default <data_dir>/cert.pem (generated) */
     char *private_key;       /* PEM key path; default <data_dir>/key.pem (generated) */
     char *admin_socket;      /* default <data_dir>/admin.sock */
+    char *user;              /* drop root to this user after binding; default "starling";
+                                "" or "root" = stay root (server.c: drop_privileges) */
     char **bind;             /* addresses to listen on; default "127.0.0.1" "::1" */
     size_t nbind;
     int *c2s_ports;          /* default 5222 (STARTTLS) */

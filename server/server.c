@@ -19,6 +19,8 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <grp.h>
+#include <pwd.h>
 #include <unistd.h>
 #include "server/admin.h"
 #include "server/c2s.h"
@@ -33,6 +35,12 @@
 static char id_prefix[17];
 static int signal_fd = -1;
 static st_io signal_io;
+
+void st_server_note_held(st_server *s, long delta)
+{
+    s->held_stanzas += delta;
+    s->held_gen++;
+}
 
 void st_server_make_id(st_server *s, char *out, size_t outsz)
 {
@@ -384,6 +392,146 @@ sys:
     return -1;
 }
 
+/* ---- giving up root once the privileged work is done ---- */
+
+/* Give path to the daemon's user. A file that is not there is fine (no
+ * -shm yet, no admin socket configured); lchown because these are our own
+ * files and a symlink planted among them must not hand over its target. */
+static int give(const char *path, const struct passwd *pw, char *err, size_t errlen)
+{
+    if (!path || !*path) return 0;
+    if (lchown(path, pw->pw_uid, pw->pw_gid) == 0 || errno == ENOENT) return 0;
+    snprintf(err, errlen, "cannot give %s to user %s: %s", path, pw->pw_name, strerror(errno));
+    return -1;
+}
+
+static int give_suffixed(const char *path, const char *suffix, const struct passwd *pw,
+                         char *err, size_t errlen)
+{
+    char p[4096];
+    if ((size_t)snprintf(p, sizeof p, "%s%s", path, suffix) >= sizeof p) return 0;
+    return give(p, pw, err, errlen);
+}
+
+/* Is path inside dir? Only those certificates are ours to chown: a key
+ * under /etc/letsencrypt belongs to whoever put it there. */
+static int inside(const char *path, const char *dir)
+{
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/')
+        n--;
+    return strncmp(path, dir, n) == 0 && path[n] == '/';
+}
+
+/* Run as the new user: warn, naming the first directory it cannot enter,
+ * when path's directory cannot be traversed and written. SQLite opens the
+ * -wal and -shm files by path after start (and deletes -wal at close), so
+ * an open database handle is not enough. */
+static void check_dir_usable(const char *what, const char *path, const char *user)
+{
+    char p[4096];
+    if ((size_t)snprintf(p, sizeof p, "%s", path) >= sizeof p) return;
+    char *slash = strrchr(p, '/');
+    if (!slash) return; /* relative to the working directory: nothing to walk */
+    if (slash == p) slash[1] = '\0';
+    else *slash = '\0';
+    if (access(p, W_OK | X_OK) == 0) return;
+    int e = errno;
+    /* find the first component the user cannot enter */
+    for (char *q = p + 1; q && *q; q = strchr(q + 1, '/')) {
+        char c = *q;
+        if (c == '/') {
+            *q = '\0';
+            if (access(p, X_OK) != 0) {
+                st_warn("server", "%s %s: user %s cannot traverse %s; give it search permission "
+                        "(chmod o+x %s) or move the file", what, path, user, p, p);
+                return;
+            }
+            *q = c;
+        }
+    }
+    st_warn("server", "%s %s: user %s cannot write its directory %s (%s); SQLite needs to "
+            "create and remove files there", what, path, user, p, strerror(e));
+}
+
+/* When started as root, hand the data to the configured user and become
+ * it; the sockets that needed root (ports below 1024) are open by now and
+ * stay open. A user that does not exist is a warning, never a failed start:
+ * a fresh install without the system user must still come up. Once we have
+ * decided to drop, any failure is an error: half-dropped is worse than
+ * either state. setgroups/setgid/setuid act on every thread (glibc
+ * broadcasts them), which matters because the storage thread is running. */
+static int drop_privileges(st_server *s, char *err, size_t errlen)
+{
+    const st_config *c = s->cfg;
+    if (geteuid() != 0) return 0; /* already unprivileged: nothing to give up */
+    if (!c->user || !*c->user || strcmp(c->user, "root") == 0) {
+        st_info("server", "running as root (user = %s)", c->user && *c->user ? c->user : "\"\"");
+        return 0;
+    }
+    errno = 0;
+    struct passwd *pw = getpwnam(c->user);
+    if (!pw) {
+        st_warn("server",
+                "user '%s' does not exist, so starlingd keeps running as root; create it with "
+                "`adduser --system --group --no-create-home %s` and restart, or set user = root "
+                "to say that root is intended",
+                c->user, c->user);
+        return 0;
+    }
+    if (pw->pw_uid == 0) {
+        st_info("server", "user %s has uid 0: running as root", c->user);
+        return 0;
+    }
+    /* The data the daemon writes from now on, and the certificate it
+     * generated: SIGHUP re-reads the certificate and key as the new user. */
+    if (give(c->data_dir, pw, err, errlen) != 0) return -1;
+    if (strcmp(c->store, "sqlite") == 0 && c->store_dsn) {
+        if (give(c->store_dsn, pw, err, errlen) != 0 ||
+            give_suffixed(c->store_dsn, "-wal", pw, err, errlen) != 0 ||
+            give_suffixed(c->store_dsn, "-shm", pw, err, errlen) != 0)
+            return -1;
+    }
+    if (inside(c->certificate, c->data_dir) && give(c->certificate, pw, err, errlen) != 0)
+        return -1;
+    if (inside(c->private_key, c->data_dir) && give(c->private_key, pw, err, errlen) != 0)
+        return -1;
+    if (give(c->admin_socket, pw, err, errlen) != 0) return -1;
+
+    gid_t gid = pw->pw_gid;
+    uid_t uid = pw->pw_uid;
+    /* initgroups, not setgroups(1, &gid): the admin may have put the user
+     * in a group that can read the key (Debian's ssl-cert) */
+    if (initgroups(pw->pw_name, gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
+        snprintf(err, errlen, "cannot drop privileges to user %s: %s", c->user, strerror(errno));
+        return -1;
+    }
+    /* Trust, but verify: with a saved set-user-ID of 0 left behind, any
+     * bug in the daemon would be one setuid(0) away from root. */
+    if (setuid(0) != -1 || setgid(0) != -1 || getuid() != uid || geteuid() != uid ||
+        getgid() != gid || getegid() != gid) {
+        snprintf(err, errlen, "dropped to user %s but root could be regained; refusing to run",
+                 c->user);
+        return -1;
+    }
+    st_info("server", "dropped root privileges: running as user %s (uid %u, gid %u)", c->user,
+            (unsigned)uid, (unsigned)gid);
+    if (strcmp(c->store, "sqlite") == 0 && c->store_dsn)
+        check_dir_usable("database", c->store_dsn, c->user);
+    if (access(c->path, R_OK) != 0)
+        st_warn("server", "config %s is not readable by user %s: a reload (SIGHUP) would fail",
+                c->path, c->user);
+    if (access(c->certificate, R_OK) != 0)
+        st_warn("server", "certificate %s is not readable by user %s: a reload (SIGHUP) "
+                "would keep the old one", c->certificate, c->user);
+    if (access(c->private_key, R_OK) != 0)
+        st_warn("server", "private key %s is not readable by user %s: a reload (SIGHUP) "
+                "would keep the old one", c->private_key, c->user);
+    return 0;
+}
+
+/* Open the client ports and the admin socket, then give up root: after
+ * this returns, the process runs as cfg->user if it was started as root. */
 int st_server_listen(st_server *s, char *err, size_t errlen)
 {
     const st_config *c = s->cfg;
@@ -405,7 +553,7 @@ int st_server_listen(st_server *s, char *err, size_t errlen)
         return -1;
     }
     if (st_admin_open(s, err, errlen) != 0) return -1;
-    return 0;
+    return drop_privileges(s, err, errlen);
 }
 
 /* ---- signals, storage, shutdown ---- */
@@ -601,6 +749,11 @@ void st_server_free(st_server *s)
      * end them too (their unacknowledged messages go to offline storage
      * while the storage thread still runs) */
     end_detached_sessions(s);
+    /* Let the work those endings started finish (stanzas held while a
+     * blocklist loads, offline storage of unacknowledged messages) while
+     * storage still runs: bounded, a few seconds at most. */
+    for (int i = 0; i < 5000 && s->store && (st_storage_inflight(s->store) || s->held_stanzas); i++)
+        st_loop_run_once(s->loop, 1);
     st_admin_close(s);
     for (size_t i = 0; i < s->nlisten; i++) {
         st_io *io = ((st_io **)s->listen_io)[i];

@@ -100,6 +100,8 @@ typedef struct st_server {
     unsigned long long next_id;
     st_map pending_iqs; /* id -> struct pending_iq (server.c) */
     st_map sm_ids;      /* stream management id -> resumable st_session */
+    long held_stanzas;     /* stanzas a module holds for later (blocklist loading) */
+    unsigned long held_gen; /* bumped whenever stanzas are held or released */
     st_map guard_ips;      /* client address -> limits state (guard.c) */
     st_map guard_accounts; /* account -> recent authentication failures (guard.c) */
 } st_server;
@@ -114,6 +116,11 @@ void st_server_free(st_server *s);
 st_host *st_server_host(st_server *s, const char *domain); /* NULL if not served */
 /* A unique id for stanzas and streams ("st-" + counter + random). */
 void st_server_make_id(st_server *s, char *out, size_t outsz);
+
+/* A module holds (delta > 0) or releases (delta < 0) stanzas it will route
+ * later. Stream management acks and shutdown wait for held stanzas, so
+ * "acknowledged" and "stopped" never leave a message behind. */
+void st_server_note_held(st_server *s, long delta);
 
 /* ---- hosts and module options ---- */
 int st_host_has(const st_host *h, const char *module);

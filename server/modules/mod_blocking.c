@@ -44,7 +44,7 @@
 #define NS_BLOCK "urn:xmpp:blocking"
 #define NS_BLOCK_ERR "urn:xmpp:blocking:errors"
 #define STORE "blocklist"
-#define MAX_HELD 256   /* stanzas held per user while its list loads */
+#define MAX_HELD 20000 /* stanzas held per user while its list loads (> an SM queue) */
 #define JID_MAX 3100   /* node@domain/resource, 1023 bytes each */
 #define BARE_MAX 2100
 
@@ -68,6 +68,7 @@ typedef struct blist {
     struct blk_state *bs; /* NULL once host_fini orphaned it */
     held *head, **tail;
     size_t nheld;
+    st_server *srv;       /* for st_server_note_held */
 } blist;
 
 typedef struct blk_state {
@@ -91,6 +92,7 @@ static void held_free_all(blist *bl)
         st_free(e);
     }
     bl->tail = &bl->head;
+    if (bl->nheld && bl->srv) st_server_note_held(bl->srv, -(long)bl->nheld);
     bl->nheld = 0;
 }
 
@@ -368,7 +370,8 @@ fail:
 }
 
 /* Keep a copy of st until the list is loaded. 0, or -1 (not held). */
-static int hold(blist *bl, st_stanza *st, const char *to, int outbound, int from_client)
+static int hold(st_server *s, blist *bl, st_stanza *st, const char *to, int outbound,
+                int from_client)
 {
     if (bl->nheld >= MAX_HELD) return -1;
     held *e = st_calloc(1, sizeof *e);
@@ -385,6 +388,8 @@ static int hold(blist *bl, st_stanza *st, const char *to, int outbound, int from
     *bl->tail = e;
     bl->tail = &e->next;
     bl->nheld++;
+    st_server_note_held(s, 1);
+    bl->srv = s;
     return 0;
 }
 
@@ -426,6 +431,7 @@ static void replay(st_server *s, blist *bl, int ok)
         if (!bl->head) bl->tail = &bl->head;
         bl->nheld--;
         replay_one(s, bl, e, ok);
+        st_server_note_held(s, -1);
         st_stanza_unref(e->st);
         st_free(e);
     }
@@ -456,7 +462,7 @@ static st_verdict filter(st_server *s, st_host *h, st_stanza *st, const st_jid *
     const char *dest = NULL;
     if (!st_get(st, "to") && st_jid_format(outbound ? peer : user, 1, to, sizeof to) >= 0)
         dest = to;
-    if (!wait || hold(wait, st, dest, outbound, from_client) != 0)
+    if (!wait || hold(s, wait, st, dest, outbound, from_client) != 0)
         refuse_unknown(s, st, outbound, from_client, "resource-constraint",
                        "too busy to check the blocklist; try again");
     return ST_HANDLED;
@@ -700,7 +706,7 @@ static blist *iq_list(st_iq_ctx *c)
     blist *wait, *bl = list_for(c->srv, c->host, bs, c->session->bare, c->session->jid.node, &wait);
     if (bl) return bl;
     /* replayed through the router once the list is in memory */
-    if (!wait || hold(wait, c->iq, NULL, 1, 1) != 0)
+    if (!wait || hold(c->srv, wait, c->iq, NULL, 1, 1) != 0)
         st_iq_error(c, "resource-constraint", "too busy to read the blocklist; try again");
     return NULL;
 }

@@ -195,5 +195,7 @@ void st_storage_dispatch(st_storage *s);
 int st_storage_submit(st_storage *s, void (*work)(void *h, void *arg), void (*done)(void *arg),
                       void *arg);
 const st_store_ops *st_storage_ops(const st_storage *s);
+/* Jobs submitted whose done() has not run yet (call on the loop thread). */
+long st_storage_inflight(const st_storage *s);
 
 #endif

@@ -143,6 +143,7 @@ struct st_storage {
     int stopping;      /* no new jobs; thread exits when jobs is empty */
     int opened;        /* 0 opening, 1 open, -1 open failed */
     char open_err[256];
+    long inflight;     /* submitted, done() not yet run (loop thread only) */
 };
 
 static void jobq_push(st_jobq *q, st_job *j)
@@ -310,9 +311,15 @@ void st_storage_dispatch(st_storage *s)
     pthread_mutex_unlock(&s->mu);
     /* Outside the lock: done() may submit more work. */
     for (st_job *j; (j = jobq_pop(&ready));) {
+        s->inflight--;
         j->done(j->arg);
         st_free(j);
     }
+}
+
+long st_storage_inflight(const st_storage *s)
+{
+    return s ? s->inflight : 0;
 }
 
 int st_storage_submit(st_storage *s, void (*work)(void *h, void *arg), void (*done)(void *arg),
@@ -331,6 +338,7 @@ int st_storage_submit(st_storage *s, void (*work)(void *h, void *arg), void (*do
         return -1;
     }
     jobq_push(&s->jobs, j);
+    s->inflight++;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return 0;

@@ -113,6 +113,7 @@ class Starling:
             "c2s_tls_ports": self.tls_port,
             "admin_socket": self.admin_socket,
             "log_level": "debug",
+            "user": "root",  # /tmp/st-it-* is 0700 root: a dropped user could not use it (test_privdrop.py)
         }
         glob.update(settings)
         # No "modules" line: the host gets the server's default modules
