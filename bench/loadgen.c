@@ -90,6 +90,7 @@ typedef struct opts {
     long contacts, groups;
     int server_pid;
     double timeout;
+    double idle_wait; /* idle: seconds the sessions stay quiet before the second RSS sample */
     const char *label;
     const char *sp_cache; /* file keeping the SaltedPassword cache between runs */
 } opts;
@@ -1254,6 +1255,16 @@ static int scenario_idle(void)
     phase_end = now_s() + SETTLE_MS / 1000.0;
     run_loop(sleep_step, phase_end + 1, 50);
     usage u1 = server_usage();
+    /* Sessions that stay quiet: a server may give back per-connection
+     * memory it can rebuild (Starling's parsers), a collector may run. The
+     * same wait applies to every server; bytes_per_session is the figure
+     * after it, bytes_per_session_fresh the one right after the logins. */
+    usage u2 = u1;
+    if (o.idle_wait > 0) {
+        phase_end = now_s() + o.idle_wait;
+        run_loop(sleep_step, phase_end + 1, 50);
+        u2 = server_usage();
+    }
     long alive = 0;
     for (long i = 0; i < nconns; i++)
         alive += conns[i].state == CS_READY;
@@ -1262,9 +1273,11 @@ static int scenario_idle(void)
     emit_common(&j);
     st_buf_printf(&j,
                   ",\"n\":%ld,\"ok\":%ld,\"alive\":%ld,\"login_s\":%.2f,\"rss_before_kb\":%ld,"
-                  "\"rss_after_kb\":%ld,\"bytes_per_session\":%.0f",
-                  o.n, ready, alive, el, u0.rss_kb, u1.rss_kb,
-                  alive ? (double)(u1.rss_kb - u0.rss_kb) * 1024.0 / (double)alive : -1);
+                  "\"rss_after_kb\":%ld,\"idle_wait_s\":%.0f,\"rss_idle_kb\":%ld,"
+                  "\"bytes_per_session_fresh\":%.0f,\"bytes_per_session\":%.0f",
+                  o.n, ready, alive, el, u0.rss_kb, u1.rss_kb, o.idle_wait, u2.rss_kb,
+                  alive ? (double)(u1.rss_kb - u0.rss_kb) * 1024.0 / (double)alive : -1,
+                  alive ? (double)(u2.rss_kb - u0.rss_kb) * 1024.0 / (double)alive : -1);
     emit(&j);
     close_all();
     return r;
@@ -1469,7 +1482,8 @@ static void usage_exit(void)
           "  --contacts C (100) --groups G (presence)\n"
           "  --src N (source addresses 127.0.0.1..N) --server-pid PID\n"
           "  --timeout S (abort the run after S seconds, 300) --label TEXT\n"
-          "  --sp-cache FILE (keep derived SCRAM keys between runs against one server)\n",
+          "  --sp-cache FILE (keep derived SCRAM keys between runs against one server)\n"
+          "  --idle-wait S (idle: sample RSS again after S quiet seconds, 0)\n",
           stderr);
     exit(2);
 }
@@ -1489,7 +1503,7 @@ static void parse_args(int argc, char **argv)
         {"seconds", 1, 0, 't'},  {"rate", 1, 0, 'r'},      {"contacts", 1, 0, 'c'},
         {"groups", 1, 0, 'g'},   {"src", 1, 0, 'S'},       {"server-pid", 1, 0, 'i'},
         {"timeout", 1, 0, 'O'},  {"label", 1, 0, 'l'},     {"sp-cache", 1, 0, 'C'},
-        {0, 0, 0, 0}};
+        {"idle-wait", 1, 0, 'I'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "s:n:k:t:", lo, NULL)) != -1) {
         switch (ch) {
@@ -1527,12 +1541,13 @@ static void parse_args(int argc, char **argv)
         case 'O': o.timeout = atof(optarg); break;
         case 'l': o.label = optarg; break;
         case 'C': o.sp_cache = optarg; break;
+        case 'I': o.idle_wait = atof(optarg); break;
         default: usage_exit();
         }
     }
     if (o.users < 1 || o.n < 1 || o.inflight < 1 || o.pairs < 1 || o.window < 1 ||
         o.contacts < 1 || o.groups < 1 || o.nsrc < 1 || o.nsrc > 250 || o.timeout <= 0 ||
-        o.seconds <= 0 || o.seconds > 3600)
+        o.seconds <= 0 || o.seconds > 3600 || o.idle_wait < 0 || o.idle_wait > 600)
         usage_exit();
 }
 

@@ -217,9 +217,9 @@ static st_node *copy_tree(st_arena *a, const st_node *src, st_node *dst_parent)
     return top;
 }
 
-static st_stanza *stanza_alloc(void)
+static st_stanza *stanza_alloc_sized(size_t first_block)
 {
-    st_arena *a = st_arena_new(STANZA_ARENA_BLOCK);
+    st_arena *a = st_arena_new(first_block);
     if (!a)
         return NULL;
     st_stanza *s = st_arena_alloc(a, sizeof *s);
@@ -231,6 +231,11 @@ static st_stanza *stanza_alloc(void)
     s->arena = a;
     s->refs = 1;
     return s;
+}
+
+static st_stanza *stanza_alloc(void)
+{
+    return stanza_alloc_sized(STANZA_ARENA_BLOCK);
 }
 
 /* ---- life cycle ---- */
@@ -283,6 +288,49 @@ st_stanza *st_stanza_from_node(const st_node *n)
 st_stanza *st_stanza_copy(const st_stanza *s)
 {
     return s ? st_stanza_from_node(s->root) : NULL;
+}
+
+#define A8(n) (((n) + 7u) & ~(size_t)7u)
+
+/* An upper bound of what copy_tree allocates for the subtree at n (every
+ * namespace counted as its own string); 0 if deeper than we care to walk. */
+static size_t tree_bytes(const st_node *n, unsigned depth)
+{
+    if (depth > 64)
+        return 0;
+    if (n->is_text)
+        return A8(sizeof *n) + A8(n->text_len + 1);
+    size_t b = A8(sizeof *n) + A8(strlen(n->name) + 1) + A8(strlen(n->ns) + 1);
+    for (const st_attr *at = n->attrs; at; at = at->next)
+        b += A8(sizeof *at) + A8(strlen(at->name) + 1) + A8(strlen(at->value) + 1) +
+             (at->ns ? A8(strlen(at->ns) + 1) : 0);
+    for (const st_node *c = n->children; c; c = c->next) {
+        size_t cb = tree_bytes(c, depth + 1);
+        if (!cb)
+            return 0;
+        b += cb;
+    }
+    return b;
+}
+
+st_stanza *st_stanza_copy_tight(const st_stanza *s)
+{
+    if (!s || !s->root || s->root->is_text)
+        return NULL;
+    size_t need = tree_bytes(s->root, 0);
+    if (!need)
+        return st_stanza_copy(s);
+    /* the arena's own header and the st_stanza come first in the block */
+    st_stanza *c = stanza_alloc_sized(need + A8(sizeof *c) + 64);
+    if (!c)
+        return NULL;
+    c->root = copy_tree(c->arena, s->root, NULL);
+    if (!c->root) {
+        st_arena_free(c->arena);
+        return NULL;
+    }
+    c->cursor = c->root;
+    return c;
 }
 
 /* ---- builder ---- */

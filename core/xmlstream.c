@@ -40,8 +40,11 @@
 #define DEFAULT_MAX_DEPTH 32
 #define DEFAULT_MAX_ATTRS 64
 
+typedef struct xzone xzone;
+
 struct st_xmlstream {
     XML_Parser p;
+    xzone *zone;        /* where this parser's expat allocates (see below) */
     st_xml_limits lim;
     st_xml_handlers h;
     void *ud;
@@ -55,6 +58,9 @@ struct st_xmlstream {
     st_buf text;        /* character data not yet added to the tree */
     unsigned ns_decls;  /* namespace declarations seen for the next start tag */
     char *default_ns;   /* default namespace declared on the stream header */
+    char *header;       /* the stream header's start tag as received, for st_xmlstream_compact */
+    size_t header_len;
+    int replaying;      /* feeding header back into a rebuilt parser: no open() */
 
     uint64_t fed;       /* bytes given to the current expat parser */
     uint64_t mark;      /* offset from which bytes count against the limit */
@@ -82,6 +88,155 @@ enum { LX_TEXT, LX_LT, LX_TAG, LX_SQ, LX_DQ, LX_PI, LX_BANG, LX_COMMENT, LX_CDAT
 
 /* Expat holds back no more than this between events while we batch. */
 #define HOLD_MAX 4096
+
+/* ---- expat's memory: one zone per parser ----
+ *
+ * Expat makes a dozen allocations per parser (its state, the DTD tables,
+ * string pools, the input buffer: about 10 KB for a c2s stream), spread
+ * through the heap between the connection's own objects. Freed when an
+ * idle stream compacts, they leave small holes the heap cannot give back
+ * to the kernel. So each parser's expat allocations come from one block
+ * of its own (bump allocation with a size word in front; freeing the
+ * newest allocation rolls back, others wait for the block to go), with
+ * the heap as overflow. Releasing the parser then releases one 12 KB
+ * block: whole pages that malloc_trim returns, and a hole the next
+ * parser's block fits into.
+ *
+ * expat's memory suite takes no context pointer, so the zone in use is a
+ * thread-local, set around every expat call that may allocate or free and
+ * cleared while our handlers run (they may parse other XML). Under
+ * AddressSanitizer the unused and freed parts of a zone are poisoned, so
+ * expat's accesses are still checked. */
+#define ZONE_SIZE 10240
+#define ZONE_HDR 16
+
+struct xzone {
+    unsigned char *base, *last; /* last: the newest allocation (its user pointer) */
+    size_t used;
+};
+
+static __thread xzone *cur_zone;
+
+#if defined(__SANITIZE_ADDRESS__)
+#define ZONE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ZONE_ASAN 1
+#endif
+#endif
+#ifdef ZONE_ASAN
+#include <sanitizer/asan_interface.h>
+#define ZPOISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define ZUNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define ZPOISON(p, n) ((void)(p), (void)(n))
+#define ZUNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+static xzone *zone_new(void)
+{
+    /* the header padded to 32 bytes keeps the blocks 16-byte aligned, as malloc's are */
+    _Static_assert(sizeof(xzone) <= 32, "zone header");
+    xzone *z = st_malloc(32 + ZONE_SIZE);
+    if (!z)
+        return NULL;
+    z->base = (unsigned char *)z + 32;
+    z->last = NULL;
+    z->used = 0;
+    ZPOISON(z->base, ZONE_SIZE);
+    return z;
+}
+
+static void zone_free(xzone *z)
+{
+    if (!z)
+        return;
+    ZUNPOISON(z->base, ZONE_SIZE);
+    st_free(z);
+}
+
+static int in_zone(const xzone *z, const void *p)
+{
+    return z && (const unsigned char *)p >= z->base &&
+           (const unsigned char *)p < z->base + ZONE_SIZE;
+}
+
+static size_t zone_size_of(const void *p)
+{
+    size_t n;
+    memcpy(&n, (const unsigned char *)p - ZONE_HDR, sizeof n);
+    return n;
+}
+
+static void *z_malloc(size_t n)
+{
+    xzone *z = cur_zone;
+    size_t need = ZONE_HDR + ((n + 15) & ~(size_t)15);
+    if (z && n <= ZONE_SIZE && need <= ZONE_SIZE - z->used) {
+        unsigned char *h = z->base + z->used;
+        ZUNPOISON(h, ZONE_HDR + n);
+        memcpy(h, &n, sizeof n);
+        z->used += need;
+        z->last = h + ZONE_HDR;
+        return z->last;
+    }
+    return st_malloc(n);
+}
+
+static void z_free(void *p)
+{
+    xzone *z = cur_zone;
+    if (!p)
+        return;
+    if (!in_zone(z, p)) {
+        st_free(p);
+        return;
+    }
+    size_t n = zone_size_of(p);
+    if (p == z->last) { /* the newest: give its room back */
+        z->used = (size_t)((unsigned char *)p - ZONE_HDR - z->base);
+        z->last = NULL;
+        ZPOISON((unsigned char *)p - ZONE_HDR, ZONE_HDR + n);
+    } else {
+        ZPOISON(p, n);
+    }
+}
+
+static void *z_realloc(void *p, size_t n)
+{
+    xzone *z = cur_zone;
+    if (!p)
+        return z_malloc(n);
+    if (!in_zone(z, p))
+        return st_realloc(p, n);
+    size_t old = zone_size_of(p);
+    size_t off = (size_t)((unsigned char *)p - z->base);
+    if (p == z->last && n <= ZONE_SIZE && off + ((n + 15) & ~(size_t)15) <= ZONE_SIZE) {
+        /* the newest allocation grows (or shrinks) in place */
+        if (n > old)
+            ZUNPOISON((unsigned char *)p + old, n - old);
+        else
+            ZPOISON((unsigned char *)p + n, old - n);
+        memcpy((unsigned char *)p - ZONE_HDR, &n, sizeof n);
+        z->used = off + ((n + 15) & ~(size_t)15);
+        return p;
+    }
+    void *q = z_malloc(n);
+    if (!q)
+        return NULL;
+    memcpy(q, p, old < n ? old : n);
+    if (p != z->last || q == z->last) /* q may just have become the newest */
+        ZPOISON(p, old);
+    else
+        z_free(p);
+    return q;
+}
+
+static const XML_Memory_Handling_Suite mem_suite = { z_malloc, z_realloc, z_free };
+
+/* Run expat calls of x with its zone in force; restore the caller's. */
+#define ZONE_ENTER(x) xzone *zone_saved_ = cur_zone; cur_zone = (x)->zone
+#define ZONE_LEAVE() cur_zone = zone_saved_
 
 static int halted(const st_xmlstream *x)
 {
@@ -216,9 +371,33 @@ static st_node *build_elem(st_xmlstream *x, st_arena *a, st_node *parent, const 
     return n;
 }
 
+/* Keep the start tag of the stream header as it arrived (expat still has
+ * the bytes of the event being reported), so st_xmlstream_compact can give
+ * a rebuilt parser the same namespace context. Without expat's context
+ * bytes, or if out of memory, the stream simply never compacts. */
+static void keep_header(st_xmlstream *x)
+{
+    int off = 0, size = 0, count = XML_GetCurrentByteCount(x->p);
+    const char *ctx = XML_GetInputContext(x->p, &off, &size);
+    st_free(x->header);
+    x->header = NULL;
+    x->header_len = 0;
+    if (!ctx || count <= 0 || off < 0 || off + count > size)
+        return;
+    if ((x->header = st_malloc((size_t)count))) {
+        memcpy(x->header, ctx + off, (size_t)count);
+        x->header_len = (size_t)count;
+    }
+}
+
 /* The stream header: build a throwaway node, hand it to open(). */
 static void stream_open(st_xmlstream *x, const char *qname, const char **atts)
 {
+    if (x->replaying) {
+        x->mark = x->event_end;
+        return;
+    }
+    keep_header(x);
     st_stanza *hdr = st_stanza_new("stream", ST_NS_STREAM);
     st_node *n = hdr ? build_elem(x, hdr->arena, NULL, qname, atts) : NULL;
     if (n && x->default_ns) {
@@ -244,7 +423,12 @@ static void stream_open(st_xmlstream *x, const char *qname, const char **atts)
     x->mark = x->event_end;
     if (x->h.open) {
         x->in_handler = 1;
-        x->h.open(x->ud, n);
+        {
+            xzone *z_ = cur_zone; /* handlers may parse other XML */
+            cur_zone = NULL;
+            x->h.open(x->ud, n);
+            cur_zone = z_;
+        }
         x->in_handler = 0;
     }
     st_stanza_unref(hdr);
@@ -318,7 +502,12 @@ static void XMLCALL on_end(void *ud, const char *qname)
         x->mark = x->event_end;
         if (x->h.close) {
             x->in_handler = 1;
+            {
+            xzone *z_ = cur_zone; /* handlers may parse other XML */
+            cur_zone = NULL;
             x->h.close(x->ud);
+            cur_zone = z_;
+        }
             x->in_handler = 0;
         }
         return;
@@ -341,7 +530,12 @@ static void XMLCALL on_end(void *ud, const char *qname)
     }
     if (x->h.stanza) {
         x->in_handler = 1;
-        x->h.stanza(x->ud, s);
+        {
+            xzone *z_ = cur_zone; /* handlers may parse other XML */
+            cur_zone = NULL;
+            x->h.stanza(x->ud, s);
+            cur_zone = z_;
+        }
         x->in_handler = 0;
     } else {
         st_stanza_unref(s);
@@ -422,15 +616,35 @@ static int XMLCALL on_external_entity(XML_Parser p, const char *context, const c
     return XML_STATUS_ERROR;
 }
 
-static const XML_Memory_Handling_Suite mem_suite = { st_malloc, st_realloc, st_free };
+
+
+/* Free the expat parser and its zone. */
+static void parser_destroy(st_xmlstream *x)
+{
+    if (x->p) {
+        ZONE_ENTER(x);
+        XML_ParserFree(x->p);
+        ZONE_LEAVE();
+    }
+    x->p = NULL;
+    zone_free(x->zone);
+    x->zone = NULL;
+}
 
 static int parser_create(st_xmlstream *x)
 {
     static const XML_Char sep = NS_SEP;
-    /* "UTF-8" overrides any encoding declaration: RFC 6120 §11.6 says UTF-8 only. */
-    x->p = XML_ParserCreate_MM("UTF-8", &mem_suite, &sep);
-    if (!x->p)
+    if (!x->zone && !(x->zone = zone_new()))
         return -1;
+    /* "UTF-8" overrides any encoding declaration: RFC 6120 §11.6 says UTF-8 only. */
+    ZONE_ENTER(x);
+    x->p = XML_ParserCreate_MM("UTF-8", &mem_suite, &sep);
+    ZONE_LEAVE();
+    if (!x->p) {
+        zone_free(x->zone);
+        x->zone = NULL;
+        return -1;
+    }
     XML_SetUserData(x->p, x);
     XML_SetElementHandler(x->p, on_start, on_end);
     XML_SetCharacterDataHandler(x->p, on_text);
@@ -454,15 +668,16 @@ static int parser_create(st_xmlstream *x)
 /* Forget the current document and start a fresh parser. */
 static int stream_reset(st_xmlstream *x)
 {
-    if (x->p)
-        XML_ParserFree(x->p);
-    x->p = NULL;
+    parser_destroy(x);
     st_stanza_unref(x->cur);
     x->cur = NULL;
     x->node = NULL;
     st_buf_reset(&x->text);
     st_free(x->default_ns);
     x->default_ns = NULL;
+    st_free(x->header);
+    x->header = NULL;
+    x->header_len = 0;
     x->depth = 0;
     x->header_done = 0;
     x->ns_decls = 0;
@@ -508,13 +723,13 @@ void st_xmlstream_free(st_xmlstream *x)
 {
     if (!x)
         return;
-    if (x->p)
-        XML_ParserFree(x->p);
+    parser_destroy(x);
     st_stanza_unref(x->cur);
     st_stanza_unref(x->result);
     st_buf_free(&x->text);
     st_buf_free(&x->hold);
     st_free(x->default_ns);
+    st_free(x->header);
     st_free(x);
 }
 
@@ -544,12 +759,40 @@ static void map_expat_error(st_xmlstream *x)
          (unsigned long)XML_GetCurrentColumnNumber(x->p));
 }
 
+/* After st_xmlstream_compact: a new parser, given the kept header so it
+ * stands where the old one stood (inside the stream, between elements).
+ * Offsets count from this parser's start, like after a restart. */
+static int rebuild(st_xmlstream *x)
+{
+    if (parser_create(x) < 0) {
+        oom(x);
+        return -1;
+    }
+    x->replaying = 1;
+    x->depth = 0;
+    ZONE_ENTER(x);
+    enum XML_Status st = XML_Parse(x->p, x->header, (int)x->header_len, XML_FALSE);
+    ZONE_LEAVE();
+    x->replaying = 0;
+    if (x->failed)
+        return -1;
+    if (st != XML_STATUS_OK || x->depth != 1) {
+        fail(x, "internal-server-error", "could not restore the stream parser");
+        return -1;
+    }
+    x->fed = x->mark = x->event_end = x->header_len;
+    x->restart_at = 0;
+    return 0;
+}
+
 static int feed(st_xmlstream *x, const char *data, size_t len, int final)
 {
     if (x->failed)
         return -1;
     if (x->stopped)
         return 0;
+    if (!x->p && rebuild(x) < 0)
+        return -1;
     while (len > 0 || final) {
         uint64_t base;
         uint64_t limit = current_limit(x, &base);
@@ -562,7 +805,9 @@ static int feed(st_xmlstream *x, const char *data, size_t len, int final)
             n = INT32_MAX;
         int is_final = final && n == len;
         uint64_t chunk_start = x->fed;
+        ZONE_ENTER(x);
         enum XML_Status st = XML_Parse(x->p, data, (int)n, is_final);
+        ZONE_LEAVE();
         x->fed += n;
         if (x->failed)
             return -1;
@@ -608,6 +853,28 @@ static int lex_may_complete(st_xmlstream *x, const char *data, size_t len)
 {
     int hit = x->lx_state == LX_RAW;
     for (size_t i = 0; i < len; i++) {
+        /* Runs of bytes that cannot change the state are skipped fast: text
+         * inside a stanza up to the next '<', a tag up to a quote or '>', a
+         * quoted value up to its quote. The skipped bytes still become
+         * lx_prev1/lx_prev2, as if scanned one by one. */
+        size_t j = i;
+        if (x->lx_state == LX_TEXT && x->depth > x->top_level) {
+            const char *lt = memchr(data + i, '<', len - i);
+            j = lt ? (size_t)(lt - data) : len;
+        } else if (x->lx_state == LX_TAG) {
+            while (j < len && data[j] != '\'' && data[j] != '"' && data[j] != '>')
+                j++;
+        } else if (x->lx_state == LX_SQ || x->lx_state == LX_DQ) {
+            const char *q = memchr(data + i, x->lx_state == LX_SQ ? '\'' : '"', len - i);
+            j = q ? (size_t)(q - data) : len;
+        }
+        if (j > i) {
+            x->lx_prev2 = j - i >= 2 ? data[j - 2] : x->lx_prev1;
+            x->lx_prev1 = data[j - 1];
+            i = j;
+            if (i == len)
+                break;
+        }
         char c = data[i];
         switch (x->lx_state) {
         case LX_TEXT:
@@ -759,6 +1026,23 @@ const char *st_xmlstream_error(const st_xmlstream *x)
 const char *st_xmlstream_error_text(const st_xmlstream *x)
 {
     return x && x->failed ? x->error_text : NULL;
+}
+
+int st_xmlstream_compact(st_xmlstream *x)
+{
+    /* At rest: inside the stream, no element open, nothing held back by us
+     * (hold) or by expat (the lexer is between tokens, so expat has at most
+     * stream-level whitespace, which means nothing). */
+    if (!x || !x->p || x->element_mode || x->in_handler || x->failed || x->stopped ||
+        x->restart_pending || !x->header || !x->header_done || x->depth != x->top_level ||
+        x->cur || x->hold.len || x->lx_state != LX_TEXT || x->text.len)
+        return 0;
+    parser_destroy(x);
+    st_buf_free(&x->text);
+    st_buf_init(&x->text, x->lim.max_stanza_bytes);
+    st_buf_free(&x->hold);
+    st_buf_init(&x->hold, HOLD_MAX);
+    return 1;
 }
 
 size_t st_xmlstream_pending_bytes(const st_xmlstream *x)

@@ -51,9 +51,11 @@ static void handle(st_server *s, char *line, st_buf *out)
         else st_session_end(sess);
         st_buf_appends(out, "ok\n");
     } else if (strcmp(line, "status") == 0) {
-        st_buf_printf(out, "starlingd %s\nuptime %lds\nconnections %zu\nsessions %zu\n",
+        st_buf_printf(out,
+                      "starlingd %s\nuptime %lds\nconnections %zu\nsessions %zu\n"
+                      "parsers_rested %llu\n",
                       STARLING_VERSION, (long)(time(NULL) - s->started), s->nconns,
-                      s->sessions.count);
+                      s->sessions.count, (unsigned long long)s->parsers_rested);
         for (size_t i = 0; i < s->nhosts; i++)
             if (!s->hosts[i]->removed) st_buf_printf(out, "host %s\n", s->hosts[i]->name);
         st_buf_appends(out, "ok\n");

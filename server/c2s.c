@@ -69,6 +69,28 @@ enum c2s_state {
 
 enum sasl_mech { M_NONE, M_PLAIN, M_SCRAM, M_HT };
 
+/* What only negotiation needs (about 2.5 KB, most of it the account name
+ * buffer): allocated with the connection, wiped and freed once a session
+ * is bound or resumed and no authentication work is pending (drop_auth),
+ * so an established connection does not carry it. */
+typedef struct c2s_auth {
+    char account[2100]; /* user@host of the current SASL attempt, for throttling */
+    char mech_name[24];
+    st_scram_server *scram;
+    unsigned char cb_exporter[32];
+    size_t cb_exporter_len;
+    unsigned char cb_endpoint[64];
+    size_t cb_endpoint_len;
+    st_stanza *held[MAX_HELD]; /* elements that arrived while sasl_pending */
+    size_t nheld;
+    /* SASL2 (XEP-0388), for the current attempt */
+    st_stanza *sasl2_req;    /* its <authenticate/>: the inline requests */
+    char *agent;             /* <user-agent id/>, NULL if none */
+    st_buf sasl2_data;       /* <additional-data/> for <success/> */
+    char fast_secret[ST_FAST_SECRET_MAX]; /* a token to hand out, "" if none; wiped */
+    st_fast_token fast_next;              /* its stored record */
+} c2s_auth;
+
 struct st_conn {
     st_server *srv;
     int fd;
@@ -90,23 +112,10 @@ struct st_conn {
     int authenticated;
     char *username; /* nodeprep'd, after success */
     enum sasl_mech mech;
-    char mech_name[24];
-    st_scram_server *scram;
     int sasl_failures;
     int sasl_pending; /* waiting for storage */
-    unsigned char cb_exporter[32];
-    size_t cb_exporter_len;
-    unsigned char cb_endpoint[64];
-    size_t cb_endpoint_len;
-    st_stanza *held[MAX_HELD]; /* elements that arrived while sasl_pending */
-    size_t nheld;
-    /* SASL2 (XEP-0388), for the current attempt */
-    int sasl2;               /* this attempt speaks SASL2 */
-    st_stanza *sasl2_req;    /* its <authenticate/>: the inline requests */
-    char *agent;             /* <user-agent id/>, NULL if none */
-    st_buf sasl2_data;       /* <additional-data/> for <success/> */
-    char fast_secret[ST_FAST_SECRET_MAX]; /* a token to hand out, "" if none; wiped */
-    st_fast_token fast_next;              /* its stored record */
+    int sasl2;        /* the current attempt speaks SASL2 (XEP-0388) */
+    c2s_auth *auth;   /* negotiation state; NULL once the session runs */
 
     st_session *session;
 
@@ -117,7 +126,6 @@ struct st_conn {
     uint64_t last_input_ms;
     int ping_outstanding;
     st_timer handshake_timer, idle_timer, resume_timer, linger_timer, fail_timer;
-    char account[2100]; /* user@host of the current SASL attempt, for throttling */
 
     char peer[64];
     char peer_ip[48];
@@ -239,7 +247,8 @@ st_conn *st_conn_accept(st_server *s, int fd, const char *peer, int direct_tls)
         if (rb) *rb = '\0';
     }
     st_buf_init(&c->out, s->cfg->max_send_queue);
-    st_buf_init(&c->sasl2_data, 1024);
+    if (!(c->auth = st_calloc(1, sizeof *c->auth))) goto fail;
+    st_buf_init(&c->auth->sasl2_data, 1024);
     c->xs = new_parser(c);
     if (!c->xs) goto fail;
     c->tokens = (double)s->cfg->c2s_burst;
@@ -271,22 +280,40 @@ fail:
         if (c->ssl) SSL_free(c->ssl);
         st_xmlstream_free(c->xs);
         st_buf_free(&c->out);
+        st_free(c->auth);
         st_free(c);
     }
     close(fd);
     return NULL;
 }
 
+static void auth_free(c2s_auth *a)
+{
+    if (!a) return;
+    for (size_t i = 0; i < a->nheld; i++) st_stanza_unref(a->held[i]);
+    st_scram_server_free(a->scram);
+    st_stanza_unref(a->sasl2_req);
+    st_free(a->agent);
+    if (a->sasl2_data.data) OPENSSL_cleanse(a->sasl2_data.data, a->sasl2_data.len);
+    st_buf_free(&a->sasl2_data);
+    OPENSSL_cleanse(a, sizeof *a); /* the FAST secret, SCRAM keys' traces, the cb data */
+    st_free(a);
+}
+
+/* Negotiation is over once a session runs and nothing of the login is
+ * pending (a SASL2 login storing its token keeps sasl_pending until its
+ * <success/> is out; held elements are replayed before that clears). */
+static void drop_auth(st_conn *c)
+{
+    if (!c->auth || !c->session || c->sasl_pending || c->auth->nheld) return;
+    auth_free(c->auth);
+    c->auth = NULL;
+}
+
 static void conn_free(void *ud)
 {
     st_conn *c = ud;
-    for (size_t i = 0; i < c->nheld; i++) st_stanza_unref(c->held[i]);
-    st_scram_server_free(c->scram);
-    st_stanza_unref(c->sasl2_req);
-    st_free(c->agent);
-    if (c->sasl2_data.data) OPENSSL_cleanse(c->sasl2_data.data, c->sasl2_data.len);
-    st_buf_free(&c->sasl2_data);
-    OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
+    auth_free(c->auth);
     st_xmlstream_free(c->xs);
     if (c->ssl) SSL_free(c->ssl);
     st_buf_free(&c->out);
@@ -530,11 +557,11 @@ void st_conn_close(st_conn *c, const char *condition, const char *text)
 static void tls_established(st_conn *c)
 {
     c->secure = 1;
-    c->cb_endpoint_len = 0;
-    c->cb_exporter_len = 0;
+    c->auth->cb_endpoint_len = 0;
+    c->auth->cb_exporter_len = 0;
     size_t n = 0;
-    if (st_tls_server_end_point(c->ssl, c->cb_endpoint, &n) == 0) c->cb_endpoint_len = n;
-    if (st_tls_exporter(c->ssl, c->cb_exporter) == 0) c->cb_exporter_len = 32;
+    if (st_tls_server_end_point(c->ssl, c->auth->cb_endpoint, &n) == 0) c->auth->cb_endpoint_len = n;
+    if (st_tls_exporter(c->ssl, c->auth->cb_exporter) == 0) c->auth->cb_exporter_len = 32;
     st_debug("c2s", "client %s: %s established", c->peer, SSL_get_version(c->ssl));
     c->state = C_WAIT_HEADER;
 }
@@ -667,6 +694,22 @@ static void conn_read(st_conn *c)
     if (c->state == C_OPEN || c->state == C_WAIT_HEADER) pause_reading(c, 0);
 }
 
+int st_conn_rest(st_conn *c, uint64_t now_ms, uint64_t idle_ms)
+{
+    if (c->state != C_OPEN || c->read_paused || c->dying || now_ms - c->last_input_ms < idle_ms)
+        return 0;
+    drop_auth(c);
+    if (!c->out.len) st_buf_free(&c->out); /* keeps its limit; grows again on the next send */
+    return st_xmlstream_compact(c->xs);
+}
+
+/* Read what the socket has, then shed the login's state if it is done. */
+static void conn_read_all(st_conn *c)
+{
+    conn_read(c);
+    drop_auth(c);
+}
+
 static void conn_on_io(st_loop *l, st_io *io, unsigned ev)
 {
     st_conn *c = io->ud;
@@ -676,7 +719,7 @@ static void conn_on_io(st_loop *l, st_io *io, unsigned ev)
         if (c->state == C_WAIT_HEADER) conn_flush(c);
     }
     if ((ev & ST_EV_WRITE) && c->state != C_CLOSED && c->state != C_TLS_ACCEPT) conn_flush(c);
-    if ((ev & ST_EV_READ) && c->state != C_CLOSED && c->state != C_TLS_ACCEPT) conn_read(c);
+    if ((ev & ST_EV_READ) && c->state != C_CLOSED && c->state != C_TLS_ACCEPT) conn_read_all(c);
     st_conn_unref(c);
 }
 
@@ -703,7 +746,7 @@ static int mech_offered(const st_conn *c, const char *name)
     const st_config *cfg = c->srv->cfg;
     if (!st_config_mech_enabled(cfg, name)) return 0;
     if (strcmp(name, "PLAIN") == 0) return c->secure && cfg->allow_plain;
-    if (strstr(name, "-PLUS")) return c->cb_endpoint_len || c->cb_exporter_len;
+    if (strstr(name, "-PLUS")) return c->auth->cb_endpoint_len || c->auth->cb_exporter_len;
     return 1;
 }
 
@@ -724,8 +767,8 @@ static size_t advertised_cbs(const st_conn *c, const char **out)
     if (!st_config_mech_enabled(cfg, "SCRAM-SHA-256-PLUS") &&
         !st_config_mech_enabled(cfg, "SCRAM-SHA-1-PLUS"))
         return 0;
-    if (c->cb_exporter_len) out[n++] = "tls-exporter";
-    if (c->cb_endpoint_len) out[n++] = "tls-server-end-point";
+    if (c->auth->cb_exporter_len) out[n++] = "tls-exporter";
+    if (c->auth->cb_endpoint_len) out[n++] = "tls-server-end-point";
     return n;
 }
 
@@ -913,20 +956,20 @@ static void restart_stream(st_conn *c)
  * to run once authenticated (FAST <request-token/>, SM <resume/>, Bind2
  * <bind/>), and its <success/> ends negotiation without a restart.
  * c->sasl2 says which profile the current attempt uses; the request stays
- * referenced (c->sasl2_req) until the attempt ends either way. */
+ * referenced (c->auth->sasl2_req) until the attempt ends either way. */
 
 /* Forget the current SASL2 attempt (its request, agent and any secret). */
 static void sasl2_reset(st_conn *c)
 {
     c->sasl2 = 0;
-    st_stanza_unref(c->sasl2_req);
-    c->sasl2_req = NULL;
-    st_free(c->agent);
-    c->agent = NULL;
-    if (c->sasl2_data.data) OPENSSL_cleanse(c->sasl2_data.data, c->sasl2_data.len);
-    st_buf_reset(&c->sasl2_data);
-    OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
-    memset(&c->fast_next, 0, sizeof c->fast_next);
+    st_stanza_unref(c->auth->sasl2_req);
+    c->auth->sasl2_req = NULL;
+    st_free(c->auth->agent);
+    c->auth->agent = NULL;
+    if (c->auth->sasl2_data.data) OPENSSL_cleanse(c->auth->sasl2_data.data, c->auth->sasl2_data.len);
+    st_buf_reset(&c->auth->sasl2_data);
+    OPENSSL_cleanse(c->auth->fast_secret, sizeof c->auth->fast_secret);
+    memset(&c->auth->fast_next, 0, sizeof c->auth->fast_next);
 }
 
 static void sasl_send(st_conn *c, const char *name, const char *payload, size_t n)
@@ -956,8 +999,8 @@ static void sasl_fail(st_conn *c, const char *condition, const char *text)
     }
     if (st_buf_appends(&b, "</failure>") == 0) st_conn_send_raw(c, b.data, b.len);
     st_buf_free(&b);
-    st_scram_server_free(c->scram);
-    c->scram = NULL;
+    st_scram_server_free(c->auth->scram);
+    c->auth->scram = NULL;
     c->mech = M_NONE;
     sasl2_reset(c);
     if (strcmp(condition, "aborted") == 0) return;
@@ -971,9 +1014,9 @@ static void sasl_fail(st_conn *c, const char *condition, const char *text)
  * owner, who fails once, hardly notices. */
 static void sasl_reject(st_conn *c)
 {
-    unsigned delay = st_guard_auth_failed(c->srv, c->peer_ip, c->account);
+    unsigned delay = st_guard_auth_failed(c->srv, c->peer_ip, c->auth->account);
     st_info("c2s", "client %s: authentication failed for %s", c->peer,
-            c->account[0] ? c->account : "an unknown user");
+            c->auth->account[0] ? c->auth->account : "an unknown user");
     if (!delay) {
         sasl_fail(c, "not-authorized", NULL);
         return;
@@ -1007,17 +1050,17 @@ static void sasl_succeed(st_conn *c, const char *user, const char *final, size_t
         return;
     }
     c->authenticated = 1;
-    st_guard_auth_ok(c->srv, c->account);
-    st_scram_server_free(c->scram);
-    c->scram = NULL;
+    st_guard_auth_ok(c->srv, c->auth->account);
+    st_scram_server_free(c->auth->scram);
+    c->auth->scram = NULL;
     st_info("c2s", "client %s: authenticated as %s@%s (%s%s)", c->peer, user, c->host->name,
-            c->mech_name, c->sasl2 ? ", SASL2" : "");
+            c->auth->mech_name, c->sasl2 ? ", SASL2" : "");
     if (!c->sasl2) {
         sasl_send(c, "success", final, n);
         restart_stream(c);
         return;
     }
-    if (final && n && st_buf_append(&c->sasl2_data, final, n) != 0) {
+    if (final && n && st_buf_append(&c->auth->sasl2_data, final, n) != 0) {
         st_conn_close(c, "internal-server-error", NULL);
         return;
     }
@@ -1048,10 +1091,10 @@ static void cred_work(void *h, void *arg)
 
 static void process_held(st_conn *c)
 {
-    size_t n = c->nheld, i = 0;
+    size_t n = c->auth->nheld, i = 0;
     st_stanza *held[MAX_HELD];
-    memcpy(held, c->held, n * sizeof *held);
-    c->nheld = 0;
+    memcpy(held, c->auth->held, n * sizeof *held);
+    c->auth->nheld = 0;
     for (; i < n && c->state == C_OPEN && !c->sasl_pending; i++) {
         handle_element(c, held[i]);
         st_stanza_unref(held[i]);
@@ -1059,7 +1102,7 @@ static void process_held(st_conn *c)
     /* An element that started another storage round trip (a SASL2 login
      * storing its FAST token) leaves the rest waiting for that one. */
     for (; i < n; i++) {
-        if (c->state == C_OPEN && c->nheld < MAX_HELD) c->held[c->nheld++] = held[i];
+        if (c->state == C_OPEN && c->auth->nheld < MAX_HELD) c->auth->held[c->auth->nheld++] = held[i];
         else st_stanza_unref(held[i]);
     }
 }
@@ -1086,7 +1129,7 @@ static void cred_done(void *arg)
             /* SASL1 restarts the stream after success: what came after
              * <auth/> belongs to a stream that will not exist. SASL2 does
              * not restart, so pipelined stanzas simply follow. */
-            if (c->nheld && !c->sasl2) {
+            if (c->auth->nheld && !c->sasl2) {
                 st_conn_close(c, "policy-violation", "pipelining is not supported");
                 goto out;
             }
@@ -1094,13 +1137,13 @@ static void cred_done(void *arg)
         } else {
             sasl_reject(c);
         }
-    } else if (c->mech == M_SCRAM && c->scram) {
-        st_scram_hash hash = st_scram_server_hash(c->scram);
+    } else if (c->mech == M_SCRAM && c->auth->scram) {
+        st_scram_hash hash = st_scram_server_hash(c->auth->scram);
         const st_scram_cred *cred =
             j->found == 1 ? (hash == ST_SCRAM_SHA1 ? &j->creds.sha1 : &j->creds.sha256) : NULL;
         st_buf b;
         st_buf_init(&b, 4096);
-        if (st_scram_server_challenge(c->scram, cred, &b) == 0)
+        if (st_scram_server_challenge(c->auth->scram, cred, &b) == 0)
             sasl_send(c, "challenge", b.data, b.len);
         else
             sasl_fail(c, "temporary-auth-failure", NULL);
@@ -1171,12 +1214,12 @@ static void fast_login_done(void *arg)
     if (c->state != C_OPEN) goto out;
     if (j->l.result == 0) {
         /* no successor stored: nothing to hand out */
-        if (!j->l.rotated) OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
+        if (!j->l.rotated) OPENSSL_cleanse(c->auth->fast_secret, sizeof c->auth->fast_secret);
         sasl_succeed(c, j->l.user, (const char *)j->l.responder, sizeof j->l.responder);
     } else if (j->l.result == 1) {
         sasl_reject(c);
     } else if (j->l.result == 2) {
-        st_info("c2s", "client %s: expired FAST token for %s", c->peer, c->account);
+        st_info("c2s", "client %s: expired FAST token for %s", c->peer, c->auth->account);
         sasl_fail(c, "credentials-expired", NULL);
     } else {
         sasl_fail(c, "temporary-auth-failure", NULL);
@@ -1200,17 +1243,17 @@ static long long fast_count(const char *s)
 }
 
 /* Prepare the token <success/> will hand out (the secret stays in
- * c->fast_secret until then). 0 or -1. */
+ * c->auth->fast_secret until then). 0 or -1. */
 static int fast_prepare_token(st_conn *c)
 {
     long long expiry = (long long)time(NULL) + c->srv->cfg->fast_token_lifetime;
-    return st_fast_token_new(expiry, c->fast_secret, sizeof c->fast_secret, &c->fast_next);
+    return st_fast_token_new(expiry, c->auth->fast_secret, sizeof c->auth->fast_secret, &c->auth->fast_next);
 }
 
 /* Does the SASL2 request ask for a token of a mechanism we issue? */
 static int fast_token_requested(const st_conn *c)
 {
-    const st_node *rt = c->sasl2_req ? st_child(c->sasl2_req->root, "request-token", ST_NS_FAST)
+    const st_node *rt = c->auth->sasl2_req ? st_child(c->auth->sasl2_req->root, "request-token", ST_NS_FAST)
                                      : NULL;
     const char *m = rt ? st_attr_get(rt, "mechanism") : NULL;
     return m && strcmp(m, ST_FAST_HT_NONE) == 0;
@@ -1220,7 +1263,7 @@ static int fast_token_requested(const st_conn *c)
 static void fast_begin(st_conn *c, const st_buf *in)
 {
     char user[1024], authcid[1024];
-    const st_node *f = st_child(c->sasl2_req->root, "fast", ST_NS_FAST);
+    const st_node *f = st_child(c->auth->sasl2_req->root, "fast", ST_NS_FAST);
     if (!fast_enabled(c)) {
         sasl_fail(c, "invalid-mechanism", NULL);
         return;
@@ -1230,7 +1273,7 @@ static void fast_begin(st_conn *c, const st_buf *in)
         sasl_fail(c, "temporary-auth-failure", NULL);
         return;
     }
-    snprintf(c->mech_name, sizeof c->mech_name, "%s", ST_FAST_HT_NONE);
+    snprintf(c->auth->mech_name, sizeof c->auth->mech_name, "%s", ST_FAST_HT_NONE);
     if (st_fast_parse(in->data, in->len, authcid, sizeof authcid, j->l.proof) != 0) {
         sasl_fail(c, "malformed-request", NULL);
         goto fail;
@@ -1242,16 +1285,16 @@ static void fast_begin(st_conn *c, const st_buf *in)
         goto fail;
     }
     /* tokens belong to a user agent: without its id there is none to use */
-    if (!c->agent || st_nodeprep(authcid, user, sizeof user) <= 0) {
-        c->account[0] = '\0';
+    if (!c->auth->agent || st_nodeprep(authcid, user, sizeof user) <= 0) {
+        c->auth->account[0] = '\0';
         sasl_reject(c);
         goto fail;
     }
     c->mech = M_HT;
-    snprintf(c->account, sizeof c->account, "%s@%s", user, c->host->name);
+    snprintf(c->auth->account, sizeof c->auth->account, "%s@%s", user, c->host->name);
     snprintf(j->l.host, sizeof j->l.host, "%s", c->host->name);
     snprintf(j->l.user, sizeof j->l.user, "%s", user);
-    snprintf(j->l.agent, sizeof j->l.agent, "%s", c->agent);
+    snprintf(j->l.agent, sizeof j->l.agent, "%s", c->auth->agent);
     j->l.invalidate = inv && (strcmp(inv, "true") == 0 || strcmp(inv, "1") == 0);
     j->l.want_new = fast_token_requested(c);
     j->l.half_life = c->srv->cfg->fast_token_lifetime / 2;
@@ -1260,7 +1303,7 @@ static void fast_begin(st_conn *c, const st_buf *in)
         sasl_fail(c, "temporary-auth-failure", NULL);
         goto fail;
     }
-    j->l.next = c->fast_next;
+    j->l.next = c->auth->fast_next;
     j->c = st_conn_ref(c);
     if (st_storage_submit(c->srv->store, fast_login_work, fast_login_done, j) != 0) {
         st_conn_unref(c);
@@ -1299,8 +1342,8 @@ static void token_done(void *arg)
     if (c->state != C_OPEN) goto out;
     if (!j->ok) {
         /* the login stands; the client just gets no token this time */
-        st_warn("c2s", "client %s: could not store a FAST token for %s", c->peer, c->account);
-        OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
+        st_warn("c2s", "client %s: could not store a FAST token for %s", c->peer, c->auth->account);
+        OPENSSL_cleanse(c->auth->fast_secret, sizeof c->auth->fast_secret);
     }
     sasl2_complete(c);
     sasl_resume_input(c);
@@ -1315,26 +1358,26 @@ out:
  * stored its successor, if any. */
 static void sasl2_after_auth(st_conn *c)
 {
-    if (c->mech == M_HT || !fast_enabled(c) || !c->agent || !fast_token_requested(c)) {
+    if (c->mech == M_HT || !fast_enabled(c) || !c->auth->agent || !fast_token_requested(c)) {
         sasl2_complete(c);
         return;
     }
     token_job *j = st_calloc(1, sizeof *j);
     if (!j || fast_prepare_token(c) != 0) {
         st_free(j);
-        OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
+        OPENSSL_cleanse(c->auth->fast_secret, sizeof c->auth->fast_secret);
         sasl2_complete(c);
         return;
     }
     snprintf(j->host, sizeof j->host, "%s", c->host->name);
     snprintf(j->user, sizeof j->user, "%s", c->username);
-    snprintf(j->agent, sizeof j->agent, "%s", c->agent);
-    j->rec = c->fast_next;
+    snprintf(j->agent, sizeof j->agent, "%s", c->auth->agent);
+    j->rec = c->auth->fast_next;
     j->c = st_conn_ref(c);
     if (st_storage_submit(c->srv->store, token_work, token_done, j) != 0) {
         st_conn_unref(c);
         st_free(j);
-        OPENSSL_cleanse(c->fast_secret, sizeof c->fast_secret);
+        OPENSSL_cleanse(c->auth->fast_secret, sizeof c->auth->fast_secret);
         sasl2_complete(c);
         return;
     }
@@ -1358,7 +1401,7 @@ static void sasl_start(st_conn *c, const char *mech, const st_node *pl)
         return;
     }
     st_buf_init(&in, 16384);
-    c->account[0] = '\0';
+    c->auth->account[0] = '\0';
     if (st_guard_auth_blocked(c->srv, c->peer_ip)) {
         sasl_fail(c, "temporary-auth-failure",
                   "too many failed logins from your address; try again later");
@@ -1382,7 +1425,7 @@ static void sasl_start(st_conn *c, const char *mech, const st_node *pl)
         sasl_fail(c, "invalid-mechanism", NULL);
         goto out;
     }
-    snprintf(c->mech_name, sizeof c->mech_name, "%s", mech);
+    snprintf(c->auth->mech_name, sizeof c->auth->mech_name, "%s", mech);
     if (strcmp(mech, "PLAIN") == 0) {
         /* RFC 4616: [authzid] NUL authcid NUL passwd */
         const char *p = in.data ? in.data : "";
@@ -1419,7 +1462,7 @@ static void sasl_start(st_conn *c, const char *mech, const st_node *pl)
             goto out;
         }
         c->mech = M_PLAIN;
-        snprintf(c->account, sizeof c->account, "%s@%s", user, c->host->name);
+        snprintf(c->auth->account, sizeof c->auth->account, "%s@%s", user, c->host->name);
         int r = submit_cred_job(c, user, password);
         OPENSSL_cleanse(password, sizeof password);
         if (r != 0) sasl_fail(c, "temporary-auth-failure", NULL);
@@ -1433,16 +1476,16 @@ static void sasl_start(st_conn *c, const char *mech, const st_node *pl)
         sasl_fail(c, "invalid-mechanism", NULL);
         goto out;
     }
-    int cb_offered = c->cb_endpoint_len || c->cb_exporter_len;
+    int cb_offered = c->auth->cb_endpoint_len || c->auth->cb_exporter_len;
     if (plus && !cb_offered) {
         sasl_fail(c, "invalid-mechanism", NULL);
         goto out;
     }
     st_scram_cbind cb = {
-        .tls_exporter = c->cb_exporter_len ? c->cb_exporter : NULL,
-        .tls_exporter_len = c->cb_exporter_len,
-        .tls_server_end_point = c->cb_endpoint_len ? c->cb_endpoint : NULL,
-        .tls_server_end_point_len = c->cb_endpoint_len,
+        .tls_exporter = c->auth->cb_exporter_len ? c->auth->cb_exporter : NULL,
+        .tls_exporter_len = c->auth->cb_exporter_len,
+        .tls_server_end_point = c->auth->cb_endpoint_len ? c->auth->cb_endpoint : NULL,
+        .tls_server_end_point_len = c->auth->cb_endpoint_len,
     };
     /* COMPAT: RFC 5802 §6 says a "y" from the client while we offer -PLUS
      * means a downgrade. But clients such as slixmpp send "y" whenever they
@@ -1452,8 +1495,8 @@ static void sasl_start(st_conn *c, const char *mech, const st_node *pl)
      * restores the RFC behaviour. XEP-0474 (below) lets a client that
      * checks it detect a stripped list cryptographically. */
     int downgrade_check = cb_offered && c->srv->cfg->sasl_cb_strict;
-    c->scram = st_scram_server_new(hash, plus, downgrade_check, c->secure ? &cb : NULL);
-    if (!c->scram) {
+    c->auth->scram = st_scram_server_new(hash, plus, downgrade_check, c->secure ? &cb : NULL);
+    if (!c->auth->scram) {
         sasl_fail(c, "temporary-auth-failure", NULL);
         goto out;
     }
@@ -1461,16 +1504,16 @@ static void sasl_start(st_conn *c, const char *mech, const st_node *pl)
      * Both profiles advertise the same mechanisms, so one list serves. */
     const char *ms[8], *cbs[2];
     size_t nm = advertised_mechs(c, ms), ncb = advertised_cbs(c, cbs);
-    if (st_scram_server_set_ssdp(c->scram, ms, nm, ncb ? cbs : NULL, ncb) != 0) {
+    if (st_scram_server_set_ssdp(c->auth->scram, ms, nm, ncb ? cbs : NULL, ncb) != 0) {
         sasl_fail(c, "temporary-auth-failure", NULL);
         goto out;
     }
     const char *name = NULL, *err = NULL;
-    if (st_scram_server_start(c->scram, in.data ? in.data : "", in.len, &name, &err) != 0) {
+    if (st_scram_server_start(c->auth->scram, in.data ? in.data : "", in.len, &name, &err) != 0) {
         sasl_fail(c, err ? err : "malformed-request", NULL);
         goto out;
     }
-    const char *authz = st_scram_server_authzid(c->scram);
+    const char *authz = st_scram_server_authzid(c->auth->scram);
     if (st_nodeprep(name, user, sizeof user) <= 0) {
         /* not a possible username: run the fake exchange to the end */
         user[0] = '\0';
@@ -1484,11 +1527,11 @@ static void sasl_start(st_conn *c, const char *mech, const st_node *pl)
         }
     }
     c->mech = M_SCRAM;
-    if (user[0]) snprintf(c->account, sizeof c->account, "%s@%s", user, c->host->name);
+    if (user[0]) snprintf(c->auth->account, sizeof c->auth->account, "%s@%s", user, c->host->name);
     if (!user[0]) {
         st_buf b;
         st_buf_init(&b, 4096);
-        if (st_scram_server_challenge(c->scram, NULL, &b) == 0)
+        if (st_scram_server_challenge(c->auth->scram, NULL, &b) == 0)
             sasl_send(c, "challenge", b.data, b.len);
         else
             sasl_fail(c, "temporary-auth-failure", NULL);
@@ -1524,7 +1567,7 @@ static void sasl2_authenticate(st_conn *c, st_stanza *st)
     const st_node *n = st->root;
     if (sasl_busy(c)) return;
     c->sasl2 = 1;
-    c->sasl2_req = st_stanza_ref(st);
+    c->auth->sasl2_req = st_stanza_ref(st);
     const st_node *ua = st_child(n, "user-agent", NS_SASL2);
     const char *id = ua ? st_attr_get(ua, "id") : NULL;
     if (id) {
@@ -1533,7 +1576,7 @@ static void sasl2_authenticate(st_conn *c, st_stanza *st)
             sasl_fail(c, "malformed-request", "user-agent id must be 1 to 256 bytes");
             return;
         }
-        if (!(c->agent = st_strdup(id))) {
+        if (!(c->auth->agent = st_strdup(id))) {
             sasl_fail(c, "temporary-auth-failure", NULL);
             return;
         }
@@ -1544,7 +1587,7 @@ static void sasl2_authenticate(st_conn *c, st_stanza *st)
 static void sasl_response(st_conn *c, const st_node *n, int sasl2)
 {
     st_buf in, outb;
-    if (c->mech != M_SCRAM || !c->scram || c->sasl_pending || c->sasl2 != sasl2) {
+    if (c->mech != M_SCRAM || !c->auth->scram || c->sasl_pending || c->sasl2 != sasl2) {
         st_conn_close(c, "policy-violation", "unexpected SASL response");
         return;
     }
@@ -1555,13 +1598,13 @@ static void sasl_response(st_conn *c, const st_node *n, int sasl2)
         goto out;
     }
     const char *err = NULL;
-    if (st_scram_server_finish(c->scram, in.data ? in.data : "", in.len, &outb, &err) != 0) {
+    if (st_scram_server_finish(c->auth->scram, in.data ? in.data : "", in.len, &outb, &err) != 0) {
         if (!err || strcmp(err, "not-authorized") == 0) sasl_reject(c);
         else sasl_fail(c, err, NULL);
         goto out;
     }
     char user[1024];
-    const char *name = st_scram_server_username(c->scram);
+    const char *name = st_scram_server_username(c->auth->scram);
     if (!name || st_nodeprep(name, user, sizeof user) <= 0) {
         sasl_fail(c, "not-authorized", NULL);
         goto out;
@@ -1658,13 +1701,13 @@ static void bind2_id(const st_conn *c, const char *tag, char *out, size_t outsz)
     unsigned int mlen = 0;
     int ok = 0;
     if (!have_key) have_key = RAND_bytes(key, sizeof key) == 1;
-    if (c->agent && have_key) {
+    if (c->auth->agent && have_key) {
         st_buf m;
         st_buf_init(&m, 0);
         /* NUL separators: no two (tag, agent) pairs give the same input */
         ok = st_buf_printf(&m, "%s@%s", c->username, c->host->name) == 0 &&
              st_buf_append(&m, "", 1) == 0 && st_buf_appends(&m, tag) == 0 &&
-             st_buf_append(&m, "", 1) == 0 && st_buf_appends(&m, c->agent) == 0 &&
+             st_buf_append(&m, "", 1) == 0 && st_buf_appends(&m, c->auth->agent) == 0 &&
              HMAC(EVP_sha256(), key, sizeof key, (const unsigned char *)m.data, m.len, md, &mlen);
         st_buf_free(&m);
     }
@@ -1934,7 +1977,7 @@ static void sm_element(st_conn *c, const st_node *r)
  * do the queued stanzas (resumed) or the modules (bound) speak. */
 static void sasl2_complete(st_conn *c)
 {
-    const st_node *req = c->sasl2_req ? c->sasl2_req->root : NULL;
+    const st_node *req = c->auth->sasl2_req ? c->auth->sasl2_req->root : NULL;
     const st_node *resume = req ? st_child(req, "resume", ST_NS_SM) : NULL;
     const st_node *bind = req ? st_child(req, "bind", NS_BIND2) : NULL;
     st_session *resumed = NULL;
@@ -1948,9 +1991,9 @@ static void sasl2_complete(st_conn *c)
     char bare[2100];
     snprintf(bare, sizeof bare, "%s@%s", c->username, c->host->name);
     int r = st_buf_appends(&b, "<success xmlns='" NS_SASL2 "'>");
-    if (r == 0 && c->sasl2_data.len) {
+    if (r == 0 && c->auth->sasl2_data.len) {
         r = st_buf_appends(&b, "<additional-data>");
-        if (r == 0) r = st_base64_encode(c->sasl2_data.data, c->sasl2_data.len, &b);
+        if (r == 0) r = st_base64_encode(c->auth->sasl2_data.data, c->auth->sasl2_data.len, &b);
         if (r == 0) r = st_buf_appends(&b, "</additional-data>");
     }
     /* the full JID once bound or resumed, else the bare one (§2.6.2) */
@@ -1958,14 +2001,14 @@ static void sasl2_complete(st_conn *c)
     if (r == 0) r = st_buf_append_escaped(&b, authz ? authz : bare, strlen(authz ? authz : bare));
     if (r == 0) r = st_buf_appends(&b, "</authorization-identifier>");
     if (r == 0 && inl.len) r = st_buf_append(&b, inl.data, inl.len);
-    if (r == 0 && c->fast_secret[0]) {
+    if (r == 0 && c->auth->fast_secret[0]) {
         /* XEP-0484 §3.3: the new token and when it ends (XEP-0082) */
         char when[32];
-        time_t e = (time_t)c->fast_next.expiry;
+        time_t e = (time_t)c->auth->fast_next.expiry;
         struct tm tmv;
         strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&e, &tmv));
         r = st_buf_printf(&b, "<token xmlns='" ST_NS_FAST "' expiry='%s' token='%s'/>", when,
-                          c->fast_secret);
+                          c->auth->fast_secret);
     }
     if (r == 0) r = st_buf_appends(&b, "</success>");
     if (r == 0) st_conn_send_raw(c, b.data, b.len);
@@ -2011,6 +2054,11 @@ static void handle_element(st_conn *c, st_stanza *st)
     }
     if (strcmp(r->ns, ST_NS_SM) == 0 && c->authenticated) {
         sm_element(c, r);
+        return;
+    }
+    if ((strcmp(r->ns, ST_NS_SASL) == 0 || strcmp(r->ns, NS_SASL2) == 0) && !c->auth) {
+        /* the login state is gone with the login: answer as sasl_busy does */
+        st_conn_close(c, "policy-violation", "authentication already in progress or done");
         return;
     }
     if (strcmp(r->ns, ST_NS_SASL) == 0) {
@@ -2091,12 +2139,12 @@ static void on_stanza(void *ud, st_stanza *st)
         return;
     }
     if (c->sasl_pending) {
-        if (c->nheld == MAX_HELD) {
+        if (c->auth->nheld == MAX_HELD) {
             st_stanza_unref(st);
             st_conn_close(c, "policy-violation", "too many stanzas during authentication");
             return;
         }
-        c->held[c->nheld++] = st;
+        c->auth->held[c->auth->nheld++] = st;
         return;
     }
     st_conn_ref(c);

@@ -28,6 +28,11 @@ void st_conn_close(st_conn *c, const char *condition, const char *text);
 /* Drop the connection at once, without a goodbye (server teardown). */
 void st_conn_close_now(st_conn *c);
 st_conn *st_conn_next(const st_conn *c); /* the server's list of connections */
+/* Release what an idle connection can rebuild when it needs it: the XML
+ * parser's memory (st_xmlstream_compact), an empty output buffer, and the
+ * login's state once a session runs. Only if nothing arrived for idle_ms.
+ * 1 if the parser was released. The server's sweep calls this. */
+int st_conn_rest(st_conn *c, uint64_t now_ms, uint64_t idle_ms);
 
 const char *st_conn_peer(const st_conn *c);    /* "127.0.0.1:5555" */
 const char *st_conn_peer_ip(const st_conn *c); /* "127.0.0.1" */

@@ -97,6 +97,9 @@ typedef struct st_server {
     time_t started;
     int stopping;
     st_timer stop_timer;
+    st_timer sweep_timer; /* idle connections give back memory (server.c) */
+    size_t released_since_trim;
+    unsigned long long parsers_rested; /* idle parsers released so far (status) */
     unsigned long long next_id;
     st_map pending_iqs; /* id -> struct pending_iq (server.c) */
     st_map sm_ids;      /* stream management id -> resumable st_session */

@@ -77,6 +77,10 @@ st_stanza *st_stanza_new(const char *name, const char *ns); /* NULL on OOM; refs
 st_stanza *st_stanza_ref(st_stanza *s);
 void st_stanza_unref(st_stanza *s); /* NULL is fine */
 st_stanza *st_stanza_copy(const st_stanza *s); /* deep copy, new arena, refs = 1 */
+/* The same, in an arena sized to fit (one malloc of about the stanza's own
+ * size rather than a 1 KB block): for stanzas kept a long time, such as a
+ * session's last presence. */
+st_stanza *st_stanza_copy_tight(const st_stanza *s);
 /* A new stanza whose root is a deep copy of node n. */
 st_stanza *st_stanza_from_node(const st_node *n);
 

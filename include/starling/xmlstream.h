@@ -67,6 +67,17 @@ const char *st_xmlstream_error_text(const st_xmlstream *x);
 /* Bytes of the element being parsed so far (0 between stanzas). */
 size_t st_xmlstream_pending_bytes(const st_xmlstream *x);
 
+/* Release the parser's working memory (expat's parser, buffers and
+ * tables: about 10 KB) while the stream rests between top-level elements;
+ * what stays is this object and a copy of the stream header's start tag.
+ * The next feed rebuilds the parser from that copy, so the namespace
+ * context is the same and open() is not called again. For idle
+ * connections: rebuilding costs about as much as parsing a small stanza.
+ * Returns 1 if released, 0 if the stream is not at rest (before the
+ * header, inside an element, with bytes held back, after an error or a
+ * stop, inside a handler) or already compact. */
+int st_xmlstream_compact(st_xmlstream *x);
+
 /* Parse one standalone XML element (a test helper, and for stored XML).
  * Same restrictions as the stream. Returns NULL on error. */
 st_stanza *st_xml_parse_element(const char *data, size_t len, const char **error);

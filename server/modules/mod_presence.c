@@ -470,8 +470,11 @@ static st_verdict presence_out(st_session *sess, st_stanza *st, const st_jid *to
             int initial = !sess->initial_sent;
             sess->initial_sent = 1;
             sess->available = 1;
+            /* kept until the next one, for probes: a tight copy, not the
+             * parser's 1 KB arena (one per session adds up) */
+            st_stanza *keep = st_stanza_copy_tight(st);
             st_stanza_unref(sess->presence);
-            sess->presence = st_stanza_ref(st);
+            sess->presence = keep ? keep : st_stanza_ref(st);
             broadcast_later(sess, st, initial);
         } else if (strcmp(type, "unavailable") == 0) { /* §4.5 */
             if (sess->available || sess->initial_sent) broadcast_later(sess, st, 0);

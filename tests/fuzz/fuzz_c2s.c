@@ -270,6 +270,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ssize_t w = write(c.fd, data + off, n);
         (void)w; /* the server may have closed already: fine */
         pump(&c, 2);
+        /* Every other chunk, let the connection rest as the server's idle
+         * sweep would (parser released, rebuilt by the next chunk). */
+        if ((off / chunk) & 1)
+            for (st_conn *k = srv->conns; k; k = st_conn_next(k))
+                st_conn_rest(k, st_now_ms(), 0);
     }
     pump_wait(&c, 3, 1); /* let storage work started by the input finish */
     close(c.fd);

@@ -193,3 +193,40 @@ def test_rfc6120_13_9_read_rate_limit_throttles_a_flooding_client(starling_facto
     # the throttled client is still connected and served
     c.close()
     assert run(can_login(s, "alice@localhost", PW, resource="fresh"))
+
+
+def test_idle_connection_parser_released_and_rebuilt_with_stream_namespaces(starling):
+    """An idle connection gives back its XML parser's memory (the server's
+    sweep, after 5 s without input) and rebuilds it from the stream header
+    when input comes again: a prefix declared only on the header, and the
+    header's own prefix for the stream namespace, still work afterwards."""
+    starling.adduser("alice@localhost", PW)
+    starling.adduser("bob@localhost", PW)
+    bob, bob_jid = logged_in(starling, "bob")
+    c = RawClient(starling.c2s_port)
+    c.starttls()
+    assert c.plain("alice", PW).tag.endswith("success")
+    c.open_stream(extra=" xmlns:e='urn:example:ext'")
+    c.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+           "<resource>idle</resource></bind></iq>")
+    assert c.expect(CLIENT + "iq").get("type") == "result"
+
+    def rested():
+        out = starling.ctl("status").stdout
+        return int(out.split("parsers_rested ")[1].split()[0])
+
+    before = rested()
+    deadline = time.time() + 20
+    while rested() < before + 2 and time.time() < deadline:  # both clients quiet
+        time.sleep(0.5)
+    assert rested() >= before + 2, starling.ctl("status").stdout
+    c.send("<message to='%s' type='chat' id='m1'><body>after the rest</body>"
+           "<e:x e:a='1'/></message>" % bob_jid)
+    el = bob.expect(CLIENT + "message", timeout=5)
+    assert el.findtext(CLIENT + "body") == "after the rest"
+    x = el.find("{urn:example:ext}x")
+    assert x is not None and x.get("{urn:example:ext}a") == "1"
+    # and the stream closes as it was opened (same qualified name)
+    c.send("</stream:stream>")
+    c.wait_closed(timeout=5)
+    assert c.stream_closed

@@ -205,6 +205,50 @@ static void node_remove_middle_and_last(void **state)
     st_stanza_unref(s);
 }
 
+/* A kept stanza costs about its own size: one block, no 1 KB default. */
+static void copy_tight_is_equal_and_small(void **state)
+{
+    st_stanza *s = st_stanza_new("presence", ST_NS_CLIENT);
+    assert_non_null(s);
+    st_tag(s, "show", NULL);
+    st_text(s, "away");
+    st_up(s);
+    st_tag(s, "c", "http://jabber.org/protocol/caps");
+    st_attr_set(s, "hash", "sha-1");
+    st_attr_set(s, "node", "https://example.org/client");
+    st_attr_set(s, "ver", "QgayPKawpkPSDYmwT/WM94uAlu0=");
+    st_attr_set(s, "xml:lang", "en");
+    st_top(s);
+    st_stanza *c = st_stanza_copy_tight(s);
+    assert_non_null(c);
+    char *a = xml_of(s->root), *b = xml_of(c->root);
+    assert_string_equal(a, b);
+    st_free(a);
+    st_free(b);
+    assert_true(st_arena_bytes(c->arena) < st_arena_bytes(s->arena));
+    assert_true(st_arena_bytes(c->arena) < 1000); /* the parser and builder start at 1 KB */
+    /* a big one still fits in its one block */
+    st_stanza *m = st_message_new("a@b", "chat", NULL);
+    for (int i = 0; i < 200; i++) {
+        st_tag(m, "item", "urn:x");
+        st_attr_set(m, "n", "some value");
+        st_text(m, "text text text");
+        st_up(m);
+    }
+    st_stanza *mc = st_stanza_copy_tight(m);
+    assert_non_null(mc);
+    a = xml_of(m->root);
+    b = xml_of(mc->root);
+    assert_string_equal(a, b);
+    st_free(a);
+    st_free(b);
+    assert_true(st_arena_bytes(mc->arena) <= st_arena_bytes(m->arena));
+    st_stanza_unref(s);
+    st_stanza_unref(c);
+    st_stanza_unref(m);
+    st_stanza_unref(mc);
+}
+
 static void copy_is_deep_and_independent(void **state)
 {
     st_stanza *s = st_message_new("a@b", "chat", "hello");
@@ -336,6 +380,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(builder_version_reply),
+        cmocka_unit_test(copy_tight_is_equal_and_small),
         cmocka_unit_test(serializer_escapes_attr_and_text),
         cmocka_unit_test(serializer_xmlns_only_when_changed),
         cmocka_unit_test(serializer_xml_lang_prefix),

@@ -569,6 +569,106 @@ static void parse_element_table(void **state)
     st_stanza_unref(s);
 }
 
+/* ---- compaction (idle connections) ---- */
+
+/* Feed in steps, compacting after every feed; returns how often the parser
+ * was released. */
+static int feed_compacting(rec *r, const char *data, size_t len, size_t step)
+{
+    int released = 0, rc = 0;
+    for (size_t off = 0; off < len && rc == 0; off += step) {
+        size_t n = len - off < step ? len - off : step;
+        rc = st_xmlstream_feed(r->x, data + off, n);
+        released += st_xmlstream_compact(r->x);
+    }
+    if (rc < 0)
+        st_buf_printf(&r->log, "error(%s)\n", st_xmlstream_error(r->x));
+    return released;
+}
+
+/* A header with its own prefix for the stream namespace and a prefix that
+ * only the header declares: both must still be bound after a rebuild. */
+static const char compact_doc[] =
+    "<?xml version='1.0'?><s:stream xmlns='jabber:client' "
+    "xmlns:s='http://etherx.jabber.org/streams' xmlns:e='urn:example:ext' to='example.com' "
+    "version='1.0'><presence><e:x e:a='1'/></presence> \n"
+    "<message to='a@b'><body>hi &amp; bye</body></message>"
+    "<iq type='get' id='1'><e:q/></iq></s:stream>";
+
+static void xmlstream_compact_at_rest_changes_no_event(void **state)
+{
+    static const size_t steps[] = { 1, 2, 3, 7, 64, sizeof compact_doc - 1 };
+    rec ref;
+    rec_init(&ref, NULL);
+    assert_int_equal(feed_in_steps(&ref, compact_doc, sizeof compact_doc - 1, 0), 0);
+    assert_non_null(strstr(ref.log.data, "urn:example:ext"));
+    assert_non_null(strstr(ref.log.data, "close\n"));
+    for (size_t k = 0; k < sizeof steps / sizeof steps[0]; k++) {
+        rec r;
+        rec_init(&r, NULL);
+        int released = feed_compacting(&r, compact_doc, sizeof compact_doc - 1, steps[k]);
+        assert_string_equal(r.log.data, ref.log.data);
+        assert_int_equal(r.opens, 1);
+        if (steps[k] == 1)
+            assert_true(released >= 3); /* after each of the three stanzas at least */
+        rec_free(&r);
+    }
+    rec_free(&ref);
+    /* With restarts (STARTTLS, SASL): the new stream's header is the one kept. */
+    char *whole = transcript_log(0);
+    rec r;
+    rec_init(&r, NULL);
+    r.restart_on_success = 1;
+    assert_true(feed_compacting(&r, transcript, sizeof transcript - 1, 1) > 0);
+    assert_string_equal(r.log.data, whole);
+    rec_free(&r);
+    st_free(whole);
+}
+
+static void xmlstream_compact_only_at_rest(void **state)
+{
+    rec r;
+    rec_init(&r, NULL);
+    assert_int_equal(st_xmlstream_compact(r.x), 0); /* no header yet */
+    assert_int_equal(st_xmlstream_feed(r.x, HDR, strlen(HDR)), 0);
+    assert_int_equal(st_xmlstream_compact(r.x), 1);
+    assert_int_equal(st_xmlstream_compact(r.x), 0); /* already released */
+    assert_int_equal(st_xmlstream_feed(r.x, "<message><body>hi", 17), 0);
+    assert_int_equal(st_xmlstream_compact(r.x), 0); /* inside an element */
+    assert_int_equal(st_xmlstream_feed(r.x, "</body></message><pres", 22), 0);
+    assert_int_equal(r.stanzas, 1);
+    assert_int_equal(st_xmlstream_compact(r.x), 0); /* half a tag held */
+    assert_int_equal(st_xmlstream_feed(r.x, "ence/>", 6), 0);
+    assert_int_equal(r.stanzas, 2);
+    assert_int_equal(st_xmlstream_compact(r.x), 1);
+    assert_int_equal(feed_in_steps(&r, "<a></b>", 7, 0), -1);
+    assert_int_equal(st_xmlstream_compact(r.x), 0); /* after an error */
+    assert_string_equal(st_xmlstream_error(r.x), "not-well-formed");
+    rec_free(&r);
+}
+
+static void xmlstream_limits_hold_after_compact(void **state)
+{
+    st_xml_limits lim = { .max_stanza_bytes = 64 };
+    char ok[64], big[100];
+    memset(ok, 'x', sizeof ok);
+    memcpy(ok, "<message>", 9);
+    memcpy(ok + sizeof ok - 10, "</message>", 10);
+    memset(big, 'x', sizeof big);
+    memcpy(big, "<message>", 9);
+    memcpy(big + sizeof big - 10, "</message>", 10);
+    rec r;
+    rec_init(&r, &lim);
+    assert_int_equal(st_xmlstream_feed(r.x, HDR, strlen(HDR)), 0);
+    assert_int_equal(st_xmlstream_compact(r.x), 1);
+    assert_int_equal(st_xmlstream_feed(r.x, ok, sizeof ok), 0); /* exactly at the limit */
+    assert_int_equal(r.stanzas, 1);
+    assert_int_equal(st_xmlstream_compact(r.x), 1);
+    assert_int_equal(feed_in_steps(&r, big, sizeof big, 0), -1);
+    assert_string_equal(st_xmlstream_error(r.x), "policy-violation");
+    rec_free(&r);
+}
+
 /* ---- allocation failure torture ---- */
 
 static long alloc_count, fail_at;
@@ -595,7 +695,7 @@ static void torture_stanza(void *ud, st_stanza *s)
     st_stanza_unref(s);
 }
 
-static void xmlstream_workload(size_t step)
+static void xmlstream_workload(size_t step, int compact)
 {
     st_xml_handlers h = { NULL, torture_stanza, NULL };
     st_xmlstream *x = NULL;
@@ -605,7 +705,10 @@ static void xmlstream_workload(size_t step)
     size_t len = sizeof transcript - 1;
     for (size_t off = 0; off < len; off += step) {
         size_t n = len - off < step ? len - off : step;
-        if (st_xmlstream_feed(x, transcript + off, n) < 0) {
+        int rc = st_xmlstream_feed(x, transcript + off, n);
+        if (compact && rc == 0)
+            st_xmlstream_compact(x); /* the rebuild allocates too */
+        if (rc < 0) {
             /* A failure is reported as an error, never a crash. (Expat reports
              * some of its own OOMs as other errors, e.g. an unbound prefix.) */
             assert_non_null(st_xmlstream_error(x));
@@ -618,19 +721,19 @@ static void xmlstream_workload(size_t step)
 
 static void xmlstream_alloc_failure_torture(void **state)
 {
-    static const size_t steps[] = { 4096, 13 };
-    for (size_t k = 0; k < 2; k++) {
+    static const size_t steps[] = { 4096, 13, 13 };
+    for (size_t k = 0; k < 3; k++) {
         alloc_count = 0;
         fail_at = -1;
         st_set_alloc_hooks(&torture_hooks);
-        xmlstream_workload(steps[k]);
+        xmlstream_workload(steps[k], k == 2);
         st_set_alloc_hooks(NULL);
         long total = alloc_count;
         assert_true(total > 10);
         for (fail_at = 1; fail_at <= total; fail_at++) {
             alloc_count = 0;
             st_set_alloc_hooks(&torture_hooks);
-            xmlstream_workload(steps[k]);
+            xmlstream_workload(steps[k], k == 2);
             st_set_alloc_hooks(NULL);
         }
     }
@@ -664,6 +767,9 @@ int main(void)
         cmocka_unit_test(xmlstream_stanza_delivered_on_completing_byte),
         cmocka_unit_test(xmlstream_trickled_tag_costs_linear_time),
         cmocka_unit_test(parse_element_table),
+        cmocka_unit_test(xmlstream_compact_at_rest_changes_no_event),
+        cmocka_unit_test(xmlstream_compact_only_at_rest),
+        cmocka_unit_test(xmlstream_limits_hold_after_compact),
         cmocka_unit_test(xmlstream_alloc_failure_torture),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
