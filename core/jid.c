@@ -31,7 +31,8 @@
 
 /* Run one stringprep profile over in[0..n) into out. maxlen caps the result
  * (0 = only outsz limits it). Empty results are refused unless allow_empty.
- * Returns the prepared length, or -1. */
+ * Returns the prepared length, -1 if the input is refused, -2 if memory
+ * ran out (callers outside this file see < 0 either way). */
 static int prep_part(const Stringprep_profile *profile, Stringprep_profile_flags flags,
                      const char *in, size_t n, char *out, size_t outsz, size_t maxlen,
                      int allow_empty)
@@ -50,8 +51,10 @@ static int prep_part(const Stringprep_profile *profile, Stringprep_profile_flags
     cap = n + 64;
     for (;;) {
         tmp = st_malloc(cap);
-        if (!tmp)
+        if (!tmp) {
+            rc = -2; /* out of memory: no verdict on the input */
             goto done;
+        }
         memcpy(tmp, in, n);
         tmp[n] = '\0';
         int r = stringprep(tmp, cap, flags, profile);
@@ -59,6 +62,8 @@ static int prep_part(const Stringprep_profile *profile, Stringprep_profile_flags
             break;
         st_free(tmp);
         tmp = NULL;
+        if (r == STRINGPREP_MALLOC_ERROR)
+            rc = -2;
         if (r != STRINGPREP_TOO_SMALL_BUFFER || cap >= PREP_SCRATCH_MAX ||
             cap > SIZE_MAX / 4)
             goto done;
@@ -85,21 +90,24 @@ done:
 #define JID_PREP_FLAGS ((Stringprep_profile_flags)0)
 int st_nodeprep(const char *in, char *out, size_t outsz)
 {
-    return prep_part(stringprep_xmpp_nodeprep, JID_PREP_FLAGS, in, strlen(in),
-                     out, outsz, ST_JID_PART_MAX, 0);
+    int r = prep_part(stringprep_xmpp_nodeprep, JID_PREP_FLAGS, in, strlen(in), out, outsz,
+                      ST_JID_PART_MAX, 0);
+    return r < 0 ? -1 : r;
 }
 
 int st_resourceprep(const char *in, char *out, size_t outsz)
 {
-    return prep_part(stringprep_xmpp_resourceprep, JID_PREP_FLAGS, in,
-                     strlen(in), out, outsz, ST_JID_PART_MAX, 0);
+    int r = prep_part(stringprep_xmpp_resourceprep, JID_PREP_FLAGS, in, strlen(in), out, outsz,
+                      ST_JID_PART_MAX, 0);
+    return r < 0 ? -1 : r;
 }
 
 /* Nameprep alone, without the domain syntax checks of prep_domain(). */
 int st_nameprep(const char *in, char *out, size_t outsz)
 {
-    return prep_part(stringprep_nameprep, JID_PREP_FLAGS, in, strlen(in), out,
-                     outsz, ST_JID_PART_MAX, 0);
+    int r = prep_part(stringprep_nameprep, JID_PREP_FLAGS, in, strlen(in), out, outsz,
+                      ST_JID_PART_MAX, 0);
+    return r < 0 ? -1 : r;
 }
 
 /* Passwords are "queries" in RFC 4013 terms: unassigned code points are
@@ -107,7 +115,8 @@ int st_nameprep(const char *in, char *out, size_t outsz)
  * result is legal; the caller decides whether an empty password is. */
 int st_saslprep(const char *in, char *out, size_t outsz)
 {
-    return prep_part(stringprep_saslprep, 0, in, strlen(in), out, outsz, 0, 1);
+    int r = prep_part(stringprep_saslprep, 0, in, strlen(in), out, outsz, 0, 1);
+    return r < 0 ? -1 : r;
 }
 
 /* "[v6]" literal: validated with inet_pton, kept as written but lowercased
@@ -165,8 +174,10 @@ static int prep_domain(const char *in, size_t n, char *out, size_t outsz)
         return -1;
 
     mapped = st_malloc(n + 1);
-    if (!mapped)
+    if (!mapped) {
+        rc = -2;
         goto done;
+    }
     size_t m = map_dots(in, n, mapped);
     /* One trailing dot is the DNS root, not part of the name (RFC 7622 §3.2). */
     if (m > 0 && mapped[m - 1] == '.')
@@ -176,16 +187,22 @@ static int prep_domain(const char *in, size_t n, char *out, size_t outsz)
 
     int len = prep_part(stringprep_nameprep, JID_PREP_FLAGS, mapped, m, out,
                         outsz, ST_JID_PART_MAX, 0);
-    if (len < 0)
+    if (len < 0) {
+        rc = len;
         goto done;
+    }
 
     /* NFKC can turn e.g. U+2024 into '.', so check labels after prep too:
      * no empty label anywhere (that also refuses a dot left at the end). */
     if (out[0] == '.' || out[len - 1] == '.' || strstr(out, ".."))
         goto done;
     /* libidn allocates the ASCII form with malloc; we only want the verdict. */
-    if (idna_to_ascii_8z(out, &ascii, IDNA_USE_STD3_ASCII_RULES) != IDNA_SUCCESS)
+    int ir = idna_to_ascii_8z(out, &ascii, IDNA_USE_STD3_ASCII_RULES);
+    if (ir != IDNA_SUCCESS) {
+        if (ir == IDNA_MALLOC_ERROR)
+            rc = -2;
         goto done;
+    }
     rc = len;
 
 done:
@@ -194,6 +211,66 @@ done:
     if (rc < 0 && outsz > 0)
         out[0] = '\0';
     return rc;
+}
+
+/* ---- a cache of prepared parts ----
+ *
+ * Every stanza's 'to' (and many a 'from') is parsed, and stringprep costs
+ * some 15,000 instructions per part: three quarters of the server's CPU
+ * per routed message went to libidn. The same few JIDs come back again and
+ * again, and preparation is a pure function of the bytes, so each thread
+ * keeps a small direct-mapped cache per kind of part: raw bytes -> prepared
+ * bytes, or "refused". A hit is a hash, a compare and a copy. Parts longer
+ * than JC_MAX bytes (rare) are prepared every time. Thread-local, because
+ * the storage thread parses JIDs too; no locks, no allocation. */
+#define JC_SLOTS 256
+#define JC_MAX 47
+enum { JC_NODE, JC_DOMAIN, JC_RESOURCE, JC_KINDS };
+
+typedef struct jc_entry {
+    unsigned char state; /* 0 empty, 1 prepared, 2 refused */
+    unsigned char klen, vlen;
+    char key[JC_MAX];
+    char val[JC_MAX + 1];
+} jc_entry;
+
+static __thread jc_entry jcache[JC_KINDS][JC_SLOTS];
+
+static jc_entry *jc_slot(int kind, const char *in, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)in[i]) * 16777619u;
+    return &jcache[kind][(h ^ (h >> 16)) & (JC_SLOTS - 1)];
+}
+
+/* Prepare in[0..n) as a part of this kind into out (outsz >= JC_MAX + 1 for
+ * the cache to be used); the result of prep_part / prep_domain. */
+static int prep_cached(int kind, const char *in, size_t n, char *out, size_t outsz)
+{
+    jc_entry *e = NULL;
+    if (n <= JC_MAX && outsz > JC_MAX) {
+        e = jc_slot(kind, in, n);
+        if (e->state && e->klen == n && memcmp(e->key, in, n) == 0) {
+            if (e->state == 2)
+                return -1;
+            memcpy(out, e->val, (size_t)e->vlen + 1);
+            return e->vlen;
+        }
+    }
+    int r = kind == JC_DOMAIN ? prep_domain(in, n, out, outsz)
+            : prep_part(kind == JC_NODE ? stringprep_xmpp_nodeprep : stringprep_xmpp_resourceprep,
+                        JID_PREP_FLAGS, in, n, out, outsz, ST_JID_PART_MAX, 0);
+    /* Cache verdicts (prepared, refused), never an out-of-memory (-2). */
+    if (e && r != -2 && r <= JC_MAX) {
+        e->state = r >= 0 ? 1 : 2;
+        e->klen = (unsigned char)n;
+        memcpy(e->key, in, n);
+        e->vlen = (unsigned char)(r >= 0 ? r : 0);
+        if (r >= 0)
+            memcpy(e->val, out, (size_t)r + 1);
+    }
+    return r;
 }
 
 /* Build out from raw parts [ptr, len); node/res may be absent (ptr NULL). */
@@ -207,17 +284,15 @@ static int jid_build(st_jid *out, const char *node, size_t node_len, const char 
     memset(out, 0, sizeof *out);
 
     if (node) {
-        nl = prep_part(stringprep_xmpp_nodeprep, JID_PREP_FLAGS, node, node_len,
-                       parts[0], sizeof parts[0], ST_JID_PART_MAX, 0);
+        nl = prep_cached(JC_NODE, node, node_len, parts[0], sizeof parts[0]);
         if (nl < 0)
             return -1;
     }
-    dl = prep_domain(dom, dom_len, parts[1], sizeof parts[1]);
+    dl = prep_cached(JC_DOMAIN, dom, dom_len, parts[1], sizeof parts[1]);
     if (dl < 0)
         return -1;
     if (res) {
-        rl = prep_part(stringprep_xmpp_resourceprep, JID_PREP_FLAGS, res, res_len,
-                       parts[2], sizeof parts[2], ST_JID_PART_MAX, 0);
+        rl = prep_cached(JC_RESOURCE, res, res_len, parts[2], sizeof parts[2]);
         if (rl < 0)
             return -1;
     }

@@ -345,10 +345,50 @@ static void jid_survives_each_allocation_failing(void **state)
     st_set_alloc_hooks(NULL);
 }
 
+/* The per-thread cache of prepared parts must be invisible: the same bytes
+ * give the same answer every time, in every kind of part (nodeprep folds
+ * case, resourceprep does not), refusals stay refusals, and more names than
+ * the cache holds (evictions, collisions) are all still right. */
+static void jid_prep_cache_is_invisible(void **state)
+{
+    for (int round = 0; round < 3; round++) {
+        st_jid j;
+        assert_int_equal(st_jid_parse(&j, "Ab@EXAMPLE.com/Ab", 17), 0);
+        assert_string_equal(j.node, "ab");
+        assert_string_equal(j.domain, "example.com");
+        assert_string_equal(j.resource, "Ab");
+        st_jid_free(&j);
+        assert_int_equal(st_jid_parse(&j, "Ab@Ab/Ab", 8), 0); /* same bytes, three kinds */
+        assert_string_equal(j.node, "ab");
+        assert_string_equal(j.domain, "ab");
+        assert_string_equal(j.resource, "Ab");
+        st_jid_free(&j);
+        assert_int_equal(st_jid_parse(&j, "a'b@example.com", 15), -1); /* nodeprep prohibits ' */
+        assert_int_equal(st_jid_parse(&j, "x@exa_mple.com", 14), -1);  /* STD3 rules */
+        assert_int_equal(st_jid_parse(&j, "a'b@example.com/a'b", 19), -1);
+        assert_int_equal(st_jid_parse(&j, "ab@example.com/a'b", 18), 0); /* fine as a resource */
+        assert_string_equal(j.resource, "a'b");
+        st_jid_free(&j);
+    }
+    char in[64], want[64];
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < 3000; i++) {
+            int n = snprintf(in, sizeof in, "User%d@Host%d.Example/Res%d", i, i % 7, i);
+            snprintf(want, sizeof want, "user%d@host%d.example/Res%d", i, i % 7, i);
+            st_jid j;
+            assert_int_equal(st_jid_parse(&j, in, (size_t)n), 0);
+            char out[128];
+            assert_true(st_jid_format(&j, 1, out, sizeof out) > 0);
+            assert_string_equal(out, want);
+            st_jid_free(&j);
+        }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(rfc7622_3_5_examples_table),
+        cmocka_unit_test(jid_prep_cache_is_invisible),
         cmocka_unit_test(rfc7622_3_1_part_length_limits),
         cmocka_unit_test(rfc7622_3_embedded_nul_refused),
         cmocka_unit_test(rfc7622_3_equality),
