@@ -1031,11 +1031,15 @@ const char *st_xmlstream_error_text(const st_xmlstream *x)
 int st_xmlstream_compact(st_xmlstream *x)
 {
     /* At rest: inside the stream, no element open, nothing held back by us
-     * (hold) or by expat (the lexer is between tokens, so expat has at most
-     * stream-level whitespace, which means nothing). */
+     * (hold, the lexer between tokens) and nothing by expat: every byte
+     * given to it ended in an event (mark, set past the last stanza, the
+     * header or stream-level whitespace, is where the bytes end). Expat
+     * keeps an incomplete UTF-8 sequence or entity reference without an
+     * event; dropping it with the parser would lose bytes, so then the
+     * stream is not at rest (found by fuzz_xmlstream). */
     if (!x || !x->p || x->element_mode || x->in_handler || x->failed || x->stopped ||
         x->restart_pending || !x->header || !x->header_done || x->depth != x->top_level ||
-        x->cur || x->hold.len || x->lx_state != LX_TEXT || x->text.len)
+        x->cur || x->hold.len || x->lx_state != LX_TEXT || x->text.len || x->mark != x->fed)
         return 0;
     parser_destroy(x);
     st_buf_free(&x->text);

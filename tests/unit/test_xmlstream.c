@@ -641,6 +641,18 @@ static void xmlstream_compact_only_at_rest(void **state)
     assert_int_equal(st_xmlstream_feed(r.x, "ence/>", 6), 0);
     assert_int_equal(r.stanzas, 2);
     assert_int_equal(st_xmlstream_compact(r.x), 1);
+    /* half a UTF-8 character or entity reference at stream level: expat
+     * holds it without an event, and it must reach the rebuilt parser */
+    assert_int_equal(st_xmlstream_feed(r.x, "\xc3", 1), 0);
+    assert_int_equal(st_xmlstream_compact(r.x), 0);
+    assert_int_equal(feed_in_steps(&r, "\xa9", 1, 0), -1); /* text at stream level */
+    assert_string_equal(st_xmlstream_error(r.x), "bad-format");
+    rec_free(&r);
+    rec_init(&r, NULL);
+    assert_int_equal(st_xmlstream_feed(r.x, HDR " \n", strlen(HDR) + 2), 0);
+    assert_int_equal(st_xmlstream_compact(r.x), 1); /* whitespace keepalives do not count */
+    assert_int_equal(st_xmlstream_feed(r.x, "&am", 3), 0);
+    assert_int_equal(st_xmlstream_compact(r.x), 0);
     assert_int_equal(feed_in_steps(&r, "<a></b>", 7, 0), -1);
     assert_int_equal(st_xmlstream_compact(r.x), 0); /* after an error */
     assert_string_equal(st_xmlstream_error(r.x), "not-well-formed");
