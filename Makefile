@@ -143,10 +143,15 @@ clean:
 	rm -rf build build-asan build-fuzz
 
 # ---- benchmarks (bench/): the load generator and the side-by-side run ----
-# `make bench` builds build/bench/loadgen and runs nothing;
+# `make bench` builds build/bench/loadgen and build/bench/storage_group and runs nothing;
 # `make bench-compare` runs bench/compare (Prosody, ejabberd; see docs/performance.md).
 .PHONY: bench bench-compare
-bench: all $(BUILD)/bench/loadgen
+bench: all $(BUILD)/bench/loadgen $(BUILD)/bench/storage_group
+
+# Storage-thread throughput, plain vs group commit (docs/internals/storage.md).
+$(BUILD)/bench/storage_group: bench/storage_group.c $(BUILD)/libstarling-server.a $(BUILD)/libstarling-core.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDSAN) -o $@ $^ $(LIBS)
 
 $(BUILD)/bench/loadgen: bench/loadgen.c $(BUILD)/libstarling-core.a $(wildcard include/starling/*.h)
 	@mkdir -p $(dir $@)

@@ -1890,7 +1890,9 @@ static void sm_enable_xml(st_conn *c, const st_node *r, st_buf *out)
  * kill -9. Storage runs jobs in order on one thread, so a no-op job queued
  * now completes only after every write the counted stanzas caused (offline
  * storage, archive, roster); the answer waits for it. SQLite in WAL mode
- * has committed those writes by then, which survives a process crash. */
+ * has committed those writes by then, which survives a process crash:
+ * with group commit too, since a grouped job's done() runs only after its
+ * group committed. */
 typedef struct ack_job {
     st_conn *c;
     uint32_t h;
@@ -1914,7 +1916,7 @@ static void ack_barrier_done(void *arg)
     if ((s->held_stanzas || s->held_gen != j->gen) && j->tries < 64 && !st_conn_is_closed(c)) {
         j->tries++;
         j->gen = s->held_gen;
-        if (st_storage_submit(s->store, ack_barrier_work, ack_barrier_done, j) == 0) return;
+        if (st_storage_submit_grouped(s->store, ack_barrier_work, ack_barrier_done, j) == 0) return;
     }
     if (!st_conn_is_closed(c) && !c->dying) {
         char buf[96];
@@ -1935,7 +1937,11 @@ static void sm_ack_when_durable(st_conn *c, uint32_t h)
     j->c = st_conn_ref(c);
     j->h = h;
     j->gen = c->srv->held_gen;
-    if (st_storage_submit(c->srv->store, ack_barrier_work, ack_barrier_done, j) != 0) {
+    /* Grouped: the barrier does nothing, so it can share a transaction and
+     * run again freely; grouped or not, its done() runs only after every
+     * job queued before it committed (a group's done() waits for its
+     * commit), which is all the answer needs. */
+    if (st_storage_submit_grouped(c->srv->store, ack_barrier_work, ack_barrier_done, j) != 0) {
         st_conn_unref(c);
         st_free(j);
         st_conn_close(c, "internal-server-error", NULL);

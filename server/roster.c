@@ -266,7 +266,11 @@ int st_roster_store(st_user *u, const st_roster_item *it, size_t max_items)
     j->ops = st_storage_ops(u->srv->store);
     snprintf(j->host, sizeof j->host, "%s", u->host->name);
     snprintf(j->node, sizeof j->node, "%s", u->node);
-    if (st_storage_submit(u->srv->store, put_work, put_done, j) != 0) {
+    /* Grouped: put_work reads only ops, host, node and it from j and
+     * overwrites j->rc, and roster_put stays all-or-nothing inside a group
+     * (its transaction becomes a savepoint), so a re-run after a failed
+     * group stores the item once, with the version a lone run gives. */
+    if (st_storage_submit_grouped(u->srv->store, put_work, put_done, j) != 0) {
         st_error("roster", "%s: cannot queue a roster write", u->bare);
         st_roster_item_free(&j->it);
         st_free(j);

@@ -192,10 +192,15 @@ static int should_archive(void *h, const st_store_ops *ops, const arch_item *it)
 
 /* ---- the batch: collect, submit, group commit ---- */
 
+/* A grouped job (see flush): it may run a second time after a failed
+ * group, so every result is overwritten before anything can fail. */
 static void batch_work(void *h, void *arg)
 {
     batch_job *j = arg;
     const st_store_ops *ops = st_storage_ops(j->srv->store);
+    j->failed = 0;
+    for (size_t i = 0; i < j->n; i++)
+        j->result[i] = ST_MAM_FAILED;
     st_mam_entry *keep = st_calloc(j->n, sizeof *keep);
     size_t *map = st_calloc(j->n, sizeof *map);
     int *res = st_calloc(j->n, sizeof *res);
@@ -264,7 +269,12 @@ static void flush(mam_host *m)
         j->items = items;
         j->n = take;
         j->result = res;
-        if (st_storage_submit(srv->store, batch_work, batch_done, j) != 0) {
+        /* Grouped: batch_work reads only items and n (the entries are not
+         * touched) and overwrites result and failed first thing, so a
+         * re-run after a failed group answers as a lone run; its batch then
+         * also shares a commit with the offline messages and barriers next
+         * to it. */
+        if (st_storage_submit_grouped(srv->store, batch_work, batch_done, j) != 0) {
             st_free(j);
             st_free(items);
             st_free(res);

@@ -238,7 +238,11 @@ static st_verdict store_later(st_server *srv, st_host *h, st_stanza *st, const s
     j->xml = st_buf_steal(&b, &j->len);
     if (!j->xml) goto out;
     j->orig = st_stanza_ref(st);
-    if (st_storage_submit(srv->store, store_work, store_done, j) != 0) {
+    /* Grouped: store_work reads only host, user, xml, len and max from j
+     * and overwrites j->rc, so running it again after a failed group
+     * gives the answer a lone run would; many offline messages then share
+     * one commit. store_done (the sender's error) waits for the commit. */
+    if (st_storage_submit_grouped(srv->store, store_work, store_done, j) != 0) {
         st_stanza_unref(j->orig);
         goto out;
     }

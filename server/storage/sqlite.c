@@ -36,7 +36,17 @@
  * - Statements are prepared once at open and kept in the handle; each use
  *   binds, steps and resets. A handle is used by one thread at a time.
  * - The file is created 0600 before SQLite opens it: it holds credentials.
- *   SQLite gives the -wal and -shm files the same mode as the database. */
+ *   SQLite gives the -wal and -shm files the same mode as the database.
+ * - Group commit (group_begin .. group_commit): one BEGIN IMMEDIATE
+ *   transaction around many jobs. While it is open, sq_run turns an op's
+ *   own BEGIN / COMMIT / ROLLBACK into SAVEPOINT / RELEASE / ROLLBACK TO +
+ *   RELEASE, so every op stays all-or-nothing inside the group, and a
+ *   single-statement op simply joins it. SQLite may end a transaction by
+ *   itself (SQLITE_FULL, IOERR, BUSY, NOMEM, a RAISE(ROLLBACK)); after that
+ *   the next statement would run in autocommit mode and commit alone, and
+ *   the group's re-run would store it a second time. So while a group is
+ *   open the commit hook refuses every commit but the group's own, and the
+ *   rollback hook marks the group dead for group_alive. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -205,6 +215,9 @@ enum {
     Q_BEGIN_WRITE,
     Q_COMMIT,
     Q_ROLLBACK,
+    Q_SAVEPOINT,
+    Q_RELEASE,
+    Q_ROLLBACK_TO,
     Q_ROSTER_GET,
     Q_ROSTER_GET_ITEM,
     Q_ROSTER_VERSION,
@@ -268,6 +281,10 @@ static const char *const queries[Q_COUNT] = {
     [Q_BEGIN_WRITE] = "BEGIN IMMEDIATE",
     [Q_COMMIT] = "COMMIT",
     [Q_ROLLBACK] = "ROLLBACK",
+    /* An op's transaction inside a group (sq_run); ops never nest theirs. */
+    [Q_SAVEPOINT] = "SAVEPOINT st_op",
+    [Q_RELEASE] = "RELEASE st_op",
+    [Q_ROLLBACK_TO] = "ROLLBACK TO st_op",
     [Q_ROSTER_GET] = SQ_ROSTER_SELECT " AND (?3 OR r.removed = 0) ORDER BY r.jid, g.pos",
     [Q_ROSTER_GET_ITEM] = SQ_ROSTER_SELECT " AND r.jid = ?3 ORDER BY g.pos",
     [Q_ROSTER_VERSION] = "SELECT ver FROM roster_version WHERE host = ?1 AND username = ?2",
@@ -349,11 +366,20 @@ typedef struct sq_handle {
     sqlite3 *db;
     char *path; /* for log lines */
     sqlite3_stmt *q[Q_COUNT];
+    int group;      /* a group transaction is open (group_begin .. commit/rollback) */
+    int group_dead; /* it ended early: SQLite rolled it back, or a commit was refused */
+    int committing; /* the group's own COMMIT: the one commit the hook lets through */
 } sq_handle;
 
 static void sq_fail(const sq_handle *h, const char *while_doing)
 {
-    st_error("storage", "sqlite %s: %s, while %s", h->path, sqlite3_errmsg(h->db), while_doing);
+    if (sqlite3_extended_errcode(h->db) == SQLITE_CONSTRAINT_COMMITHOOK)
+        st_error("storage",
+                 "sqlite %s: the group transaction had ended, so the write was not committed on "
+                 "its own (the job runs again alone), while %s",
+                 h->path, while_doing);
+    else
+        st_error("storage", "sqlite %s: %s, while %s", h->path, sqlite3_errmsg(h->db), while_doing);
 }
 
 /* Take a cached statement, reset and unbound, ready for binding. */
@@ -371,6 +397,26 @@ static void sq_done(sqlite3_stmt *st)
 {
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
+}
+
+/* Any commit while a group is open, other than the group's own, is a
+ * statement running in autocommit mode after SQLite ended the group's
+ * transaction: refuse it (SQLite rolls it back), so the write cannot land
+ * alone and again when the group's jobs are re-run. */
+static int sq_commit_hook(void *p)
+{
+    sq_handle *h = p;
+    if (!h->group || h->committing) return 0;
+    h->group_dead = 1;
+    return 1;
+}
+
+/* A whole-transaction rollback while a group is open (not ROLLBACK TO,
+ * not one failed statement) means the group's transaction is gone. */
+static void sq_rollback_hook(void *p)
+{
+    sq_handle *h = p;
+    if (h->group) h->group_dead = 1;
 }
 
 static int sq_exec(sqlite3 *db, const char *sql, char *err, size_t errlen, const char *what)
@@ -543,6 +589,9 @@ static int sq_open(void **out, const char *dsn, char *err, size_t errlen)
             goto fail;
         }
     }
+    /* Both only act while a group is open; see the design notes. */
+    sqlite3_commit_hook(h->db, sq_commit_hook, h);
+    sqlite3_rollback_hook(h->db, sq_rollback_hook, h);
     *out = h;
     return 0;
 fail:
@@ -741,13 +790,38 @@ done:
 
 /* ---- helpers for the per-user tables ---- */
 
-/* Run a cached statement that returns no rows (BEGIN, COMMIT, ROLLBACK). */
-static int sq_run(sq_handle *h, int which)
+/* Run a cached statement that returns no rows, as it is. */
+static int sq_step(sq_handle *h, int which)
 {
     sqlite3_stmt *st = sq_stmt(h, which);
     int rc = sqlite3_step(st);
     sq_done(st);
     return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* An op's BEGIN (read or write), COMMIT or ROLLBACK. Inside a group they
+ * become a savepoint, so the op is still all-or-nothing but commits with
+ * the group. The outer BEGIN IMMEDIATE already holds the write lock that
+ * an op's own BEGIN IMMEDIATE would take. */
+static int sq_run(sq_handle *h, int which)
+{
+    if (!h->group) return sq_step(h, which);
+    switch (which) {
+    case Q_BEGIN_READ:
+    case Q_BEGIN_WRITE:
+        return sq_step(h, Q_SAVEPOINT);
+    case Q_COMMIT:
+        return sq_step(h, Q_RELEASE);
+    case Q_ROLLBACK: {
+        /* ROLLBACK TO undoes the op but keeps the savepoint open. If the
+         * group's transaction is gone, both fail and there is nothing to
+         * undo. */
+        int rc = sq_step(h, Q_ROLLBACK_TO);
+        return sq_step(h, Q_RELEASE) < 0 ? -1 : rc;
+    }
+    default:
+        return sq_step(h, which);
+    }
 }
 
 /* Log a failed write. A foreign key failure is the one a caller can cause
@@ -1837,6 +1911,52 @@ done:
     return n;
 }
 
+/* ---- group commit ---- */
+
+static int sq_group_begin(void *hp)
+{
+    sq_handle *h = hp;
+    if (h->group) return -1;
+    if (sq_step(h, Q_BEGIN_WRITE) < 0) {
+        sq_fail(h, "starting a group commit");
+        return -1;
+    }
+    h->group = 1;
+    h->group_dead = 0;
+    return 0;
+}
+
+static int sq_group_alive(void *hp)
+{
+    sq_handle *h = hp;
+    return h->group && !h->group_dead && !sqlite3_get_autocommit(h->db);
+}
+
+static int sq_group_commit(void *hp)
+{
+    sq_handle *h = hp;
+    if (!sq_group_alive(h)) return -1;
+    h->committing = 1;
+    int rc = sq_step(h, Q_COMMIT);
+    h->committing = 0;
+    if (rc < 0) {
+        sq_fail(h, "committing a group");
+        return -1;
+    }
+    h->group = 0;
+    return 0;
+}
+
+static void sq_group_rollback(void *hp)
+{
+    sq_handle *h = hp;
+    h->group = 0;
+    h->group_dead = 0;
+    /* Already rolled back by SQLite: nothing left to undo. */
+    if (!sqlite3_get_autocommit(h->db) && sq_step(h, Q_ROLLBACK) < 0)
+        sq_fail(h, "rolling back a group commit");
+}
+
 const st_store_ops st_store_sqlite = {
     .name = "sqlite",
     .open = sq_open,
@@ -1867,4 +1987,8 @@ const st_store_ops st_store_sqlite = {
     .mam_append = sq_mam_append,
     .mam_query = sq_mam_query,
     .mam_expire = sq_mam_expire,
+    .group_begin = sq_group_begin,
+    .group_alive = sq_group_alive,
+    .group_commit = sq_group_commit,
+    .group_rollback = sq_group_rollback,
 };

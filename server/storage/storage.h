@@ -172,6 +172,25 @@ typedef struct st_store_ops {
     /* Delete the host's archived messages older than before (microseconds).
      * Count deleted or -1. */
     int (*mam_expire)(void *h, const char *host, long long before);
+
+    /* -- group commit (optional: all four NULL if the back end cannot) --
+     * st_storage runs a run of grouped jobs (st_storage_submit_grouped) as
+     * group_begin, the jobs, group_commit: one transaction for all of them.
+     * While a group is open, an op's own transaction becomes a nested one
+     * (a savepoint: the op stays all-or-nothing inside the group), and no
+     * write may commit on its own: if the group's transaction ended early,
+     * a later write fails rather than committing alone. */
+    /* Open a group (never nested). 0, or -1 (then the jobs run alone). */
+    int (*group_begin)(void *h);
+    /* 1 while the group's transaction stands; 0 once it ended early (the
+     * back end rolled it back by itself, e.g. on a full disk). */
+    int (*group_alive)(void *h);
+    /* 0 committed and closed; -1 not committed, still open: call
+     * group_rollback. */
+    int (*group_commit)(void *h);
+    /* Undo everything since group_begin, in whatever state the group is,
+     * and close it. */
+    void (*group_rollback)(void *h);
 } st_store_ops;
 
 extern const st_store_ops st_store_sqlite;
@@ -194,6 +213,30 @@ void st_storage_dispatch(st_storage *s);
  * done still runs and must notice (e.g. a cancelled flag in arg). 0 or -1. */
 int st_storage_submit(st_storage *s, void (*work)(void *h, void *arg), void (*done)(void *arg),
                       void *arg);
+/* Like st_storage_submit, for a job that may share one transaction with
+ * the grouped jobs queued next to it (group commit: one commit for many
+ * writes). The contract work must keep:
+ *
+ *  - work may run inside a transaction shared with neighbouring grouped
+ *    jobs, and if that transaction fails (its commit, or the back end
+ *    rolling it back), it runs again, alone, after the rollback. So it
+ *    must read its inputs from arg only and overwrite its results in arg,
+ *    never accumulate into them (no counters, no appending, no allocating
+ *    into arg without freeing what a previous run left), and it must have
+ *    no effect outside the store and arg.
+ *  - It sees the writes of the grouped jobs before it (they are in the
+ *    same transaction), just as it would running after them alone.
+ *
+ * In exchange: done() of every job of a group runs only after the group
+ * committed (or after the job's own run alone committed), in submission
+ * order with every other job, grouped or not; so when done() runs, the
+ * job's writes are as durable as a plain job's. Jobs submitted with
+ * st_storage_submit never share a transaction. A group is what is queued
+ * when the storage thread gets to it, at most ST_STORAGE_GROUP_MAX jobs:
+ * nothing waits for a group to fill. 0 or -1. */
+#define ST_STORAGE_GROUP_MAX 256
+int st_storage_submit_grouped(st_storage *s, void (*work)(void *h, void *arg),
+                              void (*done)(void *arg), void *arg);
 const st_store_ops *st_storage_ops(const st_storage *s);
 /* Jobs submitted whose done() has not run yet (call on the loop thread). */
 long st_storage_inflight(const st_storage *s);

@@ -16,7 +16,29 @@
  * between the queues as one node, allocated by submit and freed by dispatch,
  * both on the loop thread. st_storage_stop() lets the thread finish every
  * queued job, joins it, then runs the outstanding done callbacks so every
- * arg gets freed by its owner. */
+ * arg gets freed by its owner.
+ *
+ * Design note (group commit)
+ *
+ * A grouped job (st_storage_submit_grouped) promises that it can share a
+ * transaction and be run again. The thread takes the longest run of
+ * consecutive grouped jobs at the head of the queue (only what is queued
+ * already: it never waits for more) and, when the run has two jobs or more
+ * and the back end has the group hooks, runs them as group_begin, work,
+ * work, ..., group_commit; only then do their done() go to the done queue,
+ * so an XEP-0198 ack barrier grouped behind writes still answers only
+ * after they committed. Queue order is kept exactly: a plain job ends a
+ * run and runs alone after it. ST_STORAGE_GROUP_MAX caps a run, which
+ * bounds how long the write lock is held and how long the first job's
+ * done() waits for the last.
+ *
+ * Failure never loses or duplicates a write. After each job the thread
+ * asks group_alive(); if the transaction ended early, or the commit
+ * fails, it rolls the group back and runs every job of the run alone, in
+ * order: the ones that already ran (their writes were undone with the
+ * group) and the rest. The back end refuses any commit but the group's
+ * own while a group is open, so a job that kept writing after the
+ * transaction died wrote nothing that would be stored twice. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -26,6 +48,7 @@
 #include <unistd.h>
 
 #include "starling/alloc.h"
+#include "server/log.h"
 #include "server/storage/storage.h"
 
 /* ---- back-end registry ---- */
@@ -122,6 +145,7 @@ typedef struct st_job {
     void (*work)(void *h, void *arg);
     void (*done)(void *arg);
     void *arg;
+    int grouped; /* may share a transaction (st_storage_submit_grouped) */
     struct st_job *next;
 } st_job;
 
@@ -167,12 +191,86 @@ static st_job *jobq_pop(st_jobq *q)
     return j;
 }
 
+/* Hand a job that ran to the loop. Called without the lock. */
+static void job_finished(st_storage *s, st_job *j)
+{
+    uint64_t one = 1;
+    pthread_mutex_lock(&s->mu);
+    jobq_push(&s->done, j);
+    /* Only fails with EAGAIN when the counter would overflow, and then
+     * the fd is readable anyway: the job goes out with that dispatch. */
+    if (write(s->efd, &one, sizeof one) < 0) {
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Run each job of the chain alone, in order, handing each to the loop as
+ * soon as it ran. */
+static void run_alone(st_storage *s, void *h, st_job *j)
+{
+    while (j) {
+        st_job *next = j->next;
+        j->work(h, j->arg);
+        job_finished(s, j);
+        j = next;
+    }
+}
+
+static int group_supported(const st_store_ops *ops)
+{
+    return ops->group_begin && ops->group_alive && ops->group_commit && ops->group_rollback;
+}
+
+/* Run a chain of n >= 2 grouped jobs in one transaction; see the design
+ * note. */
+static void run_group(st_storage *s, void *h, st_job *first, size_t n)
+{
+    const st_store_ops *ops = s->ops;
+    size_t ran = 0;
+    int ok = 1;
+
+    if (!group_supported(ops) || ops->group_begin(h) != 0) {
+        run_alone(s, h, first);
+        return;
+    }
+    for (st_job *j = first; j; j = j->next) {
+        j->work(h, j->arg);
+        ran++;
+        if (!ops->group_alive(h)) {
+            ok = 0;
+            break;
+        }
+    }
+    if (ok && ops->group_commit(h) == 0) {
+        pthread_mutex_lock(&s->mu);
+        for (st_job *j = first, *next; j; j = next) {
+            next = j->next;
+            jobq_push(&s->done, j);
+        }
+        uint64_t count = n;
+        if (write(s->efd, &count, sizeof count) < 0) {
+            /* EAGAIN: see job_finished */
+        }
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
+    ops->group_rollback(h);
+    if (ok)
+        st_warn("storage", "a group of %zu jobs failed to commit; running them again one at a time",
+                n);
+    else
+        st_warn("storage",
+                "a group transaction ended early, after %zu of %zu jobs; running them again one "
+                "at a time",
+                ran, n);
+    run_alone(s, h, first);
+}
+
 static void *storage_main(void *p)
 {
     st_storage *s = p;
     char err[sizeof s->open_err];
     void *h = NULL;
-    uint64_t one = 1;
 
     err[0] = 0;
     int rc = s->ops->open(&h, s->dsn, err, sizeof err);
@@ -189,16 +287,25 @@ static void *storage_main(void *p)
     for (;;) {
         while (!s->jobs.head && !s->stopping)
             pthread_cond_wait(&s->cv, &s->mu);
-        st_job *j = jobq_pop(&s->jobs);
-        if (!j) break; /* stopping and nothing left */
+        st_job *first = s->jobs.head;
+        if (!first) break; /* stopping and nothing left */
+        /* Detach the head: one plain job, or the run of grouped jobs. */
+        st_job *last = first;
+        size_t n = 1;
+        if (first->grouped)
+            while (n < ST_STORAGE_GROUP_MAX && last->next && last->next->grouped) {
+                last = last->next;
+                n++;
+            }
+        s->jobs.head = last->next;
+        if (!s->jobs.head) s->jobs.tail = NULL;
+        last->next = NULL;
         pthread_mutex_unlock(&s->mu);
-        j->work(h, j->arg);
+        if (n == 1)
+            run_alone(s, h, first);
+        else
+            run_group(s, h, first, n);
         pthread_mutex_lock(&s->mu);
-        jobq_push(&s->done, j);
-        /* Only fails with EAGAIN when the counter would overflow, and then
-         * the fd is readable anyway: the job goes out with that dispatch. */
-        if (write(s->efd, &one, sizeof one) < 0) {
-        }
     }
     pthread_mutex_unlock(&s->mu);
     s->ops->close(h);
@@ -322,8 +429,8 @@ long st_storage_inflight(const st_storage *s)
     return s ? s->inflight : 0;
 }
 
-int st_storage_submit(st_storage *s, void (*work)(void *h, void *arg), void (*done)(void *arg),
-                      void *arg)
+static int submit(st_storage *s, void (*work)(void *h, void *arg), void (*done)(void *arg),
+                  void *arg, int grouped)
 {
     if (!s || !work || !done) return -1;
     st_job *j = st_malloc(sizeof *j);
@@ -331,6 +438,7 @@ int st_storage_submit(st_storage *s, void (*work)(void *h, void *arg), void (*do
     j->work = work;
     j->done = done;
     j->arg = arg;
+    j->grouped = grouped;
     pthread_mutex_lock(&s->mu);
     if (s->stopping) {
         pthread_mutex_unlock(&s->mu);
@@ -342,4 +450,16 @@ int st_storage_submit(st_storage *s, void (*work)(void *h, void *arg), void (*do
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return 0;
+}
+
+int st_storage_submit(st_storage *s, void (*work)(void *h, void *arg), void (*done)(void *arg),
+                      void *arg)
+{
+    return submit(s, work, done, arg, 0);
+}
+
+int st_storage_submit_grouped(st_storage *s, void (*work)(void *h, void *arg),
+                              void (*done)(void *arg), void *arg)
+{
+    return submit(s, work, done, arg, 1);
 }
