@@ -49,6 +49,14 @@ static int buf_reserve(st_buf *b, size_t extra)
 
 int st_buf_append(st_buf *b, const void *p, size_t n)
 {
+    /* Fits already (the serializer appends many short pieces): cap never
+     * exceeds max + 1, so this also keeps the limit. */
+    if (n < b->cap - b->len) {
+        memcpy(b->data + b->len, p, n);
+        b->len += n;
+        b->data[b->len] = '\0';
+        return 0;
+    }
     if (buf_reserve(b, n) < 0)
         return -1;
     if (n)
