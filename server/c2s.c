@@ -694,6 +694,11 @@ static void conn_read(st_conn *c)
     if (c->state == C_OPEN || c->state == C_WAIT_HEADER) pause_reading(c, 0);
 }
 
+size_t st_conn_queued(const st_conn *c)
+{
+    return c ? c->out.len : 0;
+}
+
 int st_conn_rest(st_conn *c, uint64_t now_ms, uint64_t idle_ms)
 {
     if (c->state != C_OPEN || c->read_paused || c->dying || now_ms - c->last_input_ms < idle_ms)

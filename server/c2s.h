@@ -28,6 +28,8 @@ void st_conn_close(st_conn *c, const char *condition, const char *text);
 /* Drop the connection at once, without a goodbye (server teardown). */
 void st_conn_close_now(st_conn *c);
 st_conn *st_conn_next(const st_conn *c); /* the server's list of connections */
+/* Bytes queued for the client and not yet written (0 for NULL). */
+size_t st_conn_queued(const st_conn *c);
 /* Release what an idle connection can rebuild when it needs it: the XML
  * parser's memory (st_xmlstream_compact), an empty output buffer, and the
  * login's state once a session runs. Only if nothing arrived for idle_ms.

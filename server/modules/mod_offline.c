@@ -33,6 +33,7 @@
 #include <string.h>
 #include <time.h>
 #include <openssl/crypto.h>
+#include "server/c2s.h"
 #include "server/log.h"
 #include "server/modules/stanza_id.h"
 #include "server/server.h"
@@ -46,9 +47,13 @@
 
 extern const st_module mod_offline;
 
-/* Per host: the bare JIDs with a delivery under way (key owned, value = key). */
+struct deliver_job;
+
+/* Per host: the bare JIDs with a delivery under way (key owned, value =
+ * key), and the deliveries waiting for a client to read (pacing). */
 typedef struct off_state {
     st_map delivering;
+    struct deliver_job *pacing;
 } off_state;
 
 static int off_init(st_host *h, void **state)
@@ -66,10 +71,13 @@ static int free_key(void *ud, const char *k, void *v)
     return 0;
 }
 
+static void pacing_drop_all(off_state *o);
+
 static void off_fini(st_host *h, void *state)
 {
     off_state *o = state;
     if (!o) return;
+    pacing_drop_all(o); /* what was not sent stays stored */
     st_map_each(&o->delivering, free_key, NULL);
     st_map_free(&o->delivering);
     st_free(o);
@@ -302,6 +310,9 @@ typedef struct deliver_job {
     int failed;      /* listing failed or ran out of memory */
     long long upto;  /* delete job: last id delivered */
     int deleted;
+    size_t next;     /* pacing: the first message not sent yet */
+    st_timer pace;
+    struct deliver_job *next_pacing;
 } deliver_job;
 
 static void list_each(void *ud, long long id, const char *xml, size_t len)
@@ -368,50 +379,118 @@ static st_session *target_session(st_server *srv, const char *full, const char *
     return NULL;
 }
 
-static void list_done(void *arg)
+/* Offline messages go out no faster than the client reads them: a burst
+ * of thousands at login would overflow the connection's output queue and
+ * have it disconnected (max_send_queue), losing what sat in the queue
+ * once deleted from storage. So at most half the queue is filled; the rest
+ * waits (PACE_MS) for the client to read, and only what was handed to the
+ * connection is deleted. */
+#define PACE_MS 10
+
+static void pacing_unlink(deliver_job *j)
 {
-    deliver_job *j = arg;
     off_state *o = state_of(j->srv, j->host);
-    char bare[2100];
-    long long upto = -1;
-    snprintf(bare, sizeof bare, "%s@%s", j->user, j->host);
-    if (o) st_free(st_map_del(&o->delivering, bare));
-    st_session *s = j->failed ? NULL : target_session(j->srv, j->full, bare);
-    if (j->failed) {
-        st_error("mod_offline", "%s: listing offline messages failed; they stay stored", bare);
-    } else if (!s) {
-        st_debug("mod_offline", "%s: went offline before delivery; messages stay stored", bare);
-    } else {
-        for (size_t i = 0; i < j->n; i++) {
-            const char *err = NULL;
-            st_stanza *m = st_xml_parse_element(j->msgs[i].xml, j->msgs[i].len, &err);
-            if (!m) {
-                /* deleted with the others: it can never be delivered */
-                st_error("mod_offline", "%s: dropping damaged stored message %lld (%s)", bare,
-                         j->msgs[i].id, err ? err : "?");
-            } else if (st_session_send(s, m) != 0) {
-                st_stanza_unref(m);
-                break; /* the connection is going: keep this one and the rest */
-            } else {
-                st_stanza_unref(m);
-            }
-            upto = j->msgs[i].id;
+    for (deliver_job **p = o ? &o->pacing : NULL; p && *p; p = &(*p)->next_pacing)
+        if (*p == j) {
+            *p = j->next_pacing;
+            break;
         }
-        if (upto >= 0) st_info("mod_offline", "%s: delivered offline messages to %s", bare, s->full);
-    }
-    if (upto < 0) {
+    j->next_pacing = NULL;
+}
+
+static void pacing_drop_all(off_state *o)
+{
+    while (o->pacing) {
+        deliver_job *j = o->pacing;
+        o->pacing = j->next_pacing;
+        st_timer_cancel(j->srv->loop, &j->pace);
         job_free(j);
-        return;
     }
+}
+
+/* Delivery is over (all sent, or the session went): let another resource
+ * start one, and delete what was handed to the connection. */
+static void delivery_end(deliver_job *j, const char *bare)
+{
+    off_state *o = state_of(j->srv, j->host);
+    if (o) st_free(st_map_del(&o->delivering, bare));
     for (size_t i = 0; i < j->n; i++) st_free(j->msgs[i].xml);
     st_free(j->msgs);
     j->msgs = NULL;
     j->n = j->cap = 0;
-    j->upto = upto;
+    if (j->upto < 0) {
+        job_free(j);
+        return;
+    }
     if (st_storage_submit(j->srv->store, delete_work, delete_done, j) != 0) {
         st_error("mod_offline", "%s: could not queue deleting delivered offline messages", bare);
         job_free(j);
     }
+}
+
+static void deliver_some(deliver_job *j)
+{
+    char bare[2100];
+    snprintf(bare, sizeof bare, "%s@%s", j->user, j->host);
+    st_session *s = target_session(j->srv, j->full, bare);
+    if (!s) {
+        st_debug("mod_offline", "%s: went offline during delivery; the rest stays stored", bare);
+        delivery_end(j, bare);
+        return;
+    }
+    size_t room = j->srv->cfg->max_send_queue / 2;
+    while (j->next < j->n) {
+        if (st_conn_queued(s->conn) > room) {
+            off_state *o = state_of(j->srv, j->host);
+            if (!o) break; /* the host went in a reload: stop here, the rest stays */
+            j->next_pacing = o->pacing;
+            o->pacing = j;
+            st_timer_set(j->srv->loop, &j->pace, PACE_MS);
+            return;
+        }
+        const off_msg *m = &j->msgs[j->next];
+        const char *err = NULL;
+        st_stanza *st = st_xml_parse_element(m->xml, m->len, &err);
+        if (!st) {
+            /* deleted with the others: it can never be delivered */
+            st_error("mod_offline", "%s: dropping damaged stored message %lld (%s)", bare, m->id,
+                     err ? err : "?");
+        } else if (st_session_send(s, st) != 0) {
+            st_stanza_unref(st);
+            break; /* the connection is going: keep this one and the rest */
+        } else {
+            st_stanza_unref(st);
+        }
+        j->upto = m->id;
+        j->next++;
+    }
+    if (j->next == j->n && j->n)
+        st_info("mod_offline", "%s: delivered %zu offline messages to %s", bare, j->n, s->full);
+    delivery_end(j, bare);
+}
+
+static void on_pace(st_loop *l, st_timer *t)
+{
+    deliver_job *j = t->ud;
+    pacing_unlink(j);
+    deliver_some(j);
+}
+
+static void list_done(void *arg)
+{
+    deliver_job *j = arg;
+    char bare[2100];
+    snprintf(bare, sizeof bare, "%s@%s", j->user, j->host);
+    j->upto = -1;
+    j->next = 0;
+    st_timer_init(&j->pace, on_pace, j);
+    if (j->failed) {
+        st_error("mod_offline", "%s: listing offline messages failed; they stay stored", bare);
+        j->n = 0; /* nothing handed over: nothing deleted */
+        delivery_end(j, bare);
+        return;
+    }
+    deliver_some(j);
 }
 
 static void start_delivery(st_session *s)

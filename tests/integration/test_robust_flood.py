@@ -304,3 +304,40 @@ def test_xep0198_slow_reader_with_sm_loses_nothing(starling_factory):
             sorted(x for x in set(got) if got.count(x) > 1)[:20]))
     c.close()
     snd.close()
+
+
+def test_xep0160_offline_burst_paced_to_a_slow_reader_nothing_lost(starling_factory):
+    """3,000 stored messages (6 MB, more than loopback's socket buffers) for
+    a client with a 4 KiB receive buffer and a 64 KiB output queue: the
+    server hands them over as the client reads, never disconnects it for
+    its own burst, and deletes only what it handed over, so every message
+    arrives once."""
+    n, size = 3000, 2000
+    s = starling_factory(max_send_queue="64k", c2s_rate="64M", c2s_burst="16M",
+                         host={"offline.max_messages": "5000"})
+    s.adduser("slow", PW)
+    s.adduser("sender", PW)
+    snd = RawClient(s.c2s_port, timeout=10 * SLOW)
+    snd.login("sender", PW, "burst")
+    mark = s.log_size()
+    send_many(snd, "slow@localhost", n, size)
+    deadline = time.monotonic() + 30 * SLOW
+    while s.log()[mark:].count("stored a message for slow@localhost") < n:
+        assert time.monotonic() < deadline, "the messages were not stored in time"
+        time.sleep(0.1)
+    slow = slow_reader(s.c2s_port, "slow")
+    slow.send("<presence/>")
+    time.sleep(1.0)  # not reading yet: its kernel buffers and our queue fill up
+    got = []
+    deadline = time.monotonic() + 30 * SLOW
+    while len(got) < n and time.monotonic() < deadline:
+        try:
+            el = slow.next_element(1.0)
+        except socket.timeout:
+            continue
+        if el.tag == CLIENT + "message" and el.findtext(CLIENT + "body"):
+            got.append(int(el.findtext(CLIENT + "body").split()[0]))
+    assert "output queue over" not in s.log()[mark:], "the reader was disconnected"
+    assert got == list(range(n)), "%d of %d arrived" % (len(got), n)
+    slow.close()
+    snd.close()
