@@ -228,6 +228,21 @@ def send_many(c, to, n, size):
             return
 
 
+def message_numbers(c, n, limit):
+    """The leading numbers of the message bodies c receives, until n have
+    arrived or limit seconds have passed."""
+    got = []
+    deadline = time.monotonic() + limit
+    while len(got) < n and time.monotonic() < deadline:
+        try:
+            el = c.next_element(1.0)
+        except socket.timeout:
+            continue
+        if el.tag == CLIENT + "message" and el.findtext(CLIENT + "body"):
+            got.append(int(el.findtext(CLIENT + "body").split()[0]))
+    return got
+
+
 def still_serves(s, user):
     c = RawClient(s.c2s_port, timeout=5 * SLOW)
     c.login(user, PW, "fresh")
@@ -285,15 +300,7 @@ def test_xep0198_slow_reader_with_sm_loses_nothing(starling_factory):
     c = RawClient(s.c2s_port, timeout=10 * SLOW)
     c.login("slow", PW, "laptop")
     c.send("<presence/>")
-    got = []
-    deadline = time.monotonic() + 20 * SLOW
-    while len(got) < n and time.monotonic() < deadline:
-        try:
-            el = c.next_element(1.0)
-        except socket.timeout:
-            continue
-        if el.tag == CLIENT + "message" and el.findtext(CLIENT + "body"):
-            got.append(int(el.findtext(CLIENT + "body").split()[0]))
+    got = message_numbers(c, n, 20 * SLOW)
     snd.poll()
     bounced = [el for el in snd.queue if el.tag == CLIENT + "message" and el.get("type") == "error"]
     missing = sorted(set(range(n)) - set(got))
@@ -328,15 +335,7 @@ def test_xep0160_offline_burst_paced_to_a_slow_reader_nothing_lost(starling_fact
     slow = slow_reader(s.c2s_port, "slow")
     slow.send("<presence/>")
     time.sleep(1.0)  # not reading yet: its kernel buffers and our queue fill up
-    got = []
-    deadline = time.monotonic() + 30 * SLOW
-    while len(got) < n and time.monotonic() < deadline:
-        try:
-            el = slow.next_element(1.0)
-        except socket.timeout:
-            continue
-        if el.tag == CLIENT + "message" and el.findtext(CLIENT + "body"):
-            got.append(int(el.findtext(CLIENT + "body").split()[0]))
+    got = message_numbers(slow, n, 30 * SLOW)
     assert "output queue over" not in s.log()[mark:], "the reader was disconnected"
     assert got == list(range(n)), "%d of %d arrived" % (len(got), n)
     slow.close()
