@@ -134,6 +134,8 @@ struct st_conn {
     int free_queued;
     st_deferred kill_d;
     int dying; /* a send failed: finish after the current batch */
+    st_deferred flush_d;
+    int flush_queued; /* output waits for the end of the event batch */
 };
 
 static void conn_on_io(st_loop *l, st_io *io, unsigned ev);
@@ -459,6 +461,23 @@ static void conn_kill_later(st_conn *c)
     st_loop_defer(c->srv->loop, &c->kill_d, kill_now, st_conn_ref(c));
 }
 
+#define FLUSH_AT 16384
+
+static void flush_now(void *ud)
+{
+    st_conn *c = ud;
+    c->flush_queued = 0;
+    conn_flush(c);
+    st_conn_unref(c);
+}
+
+static void flush_later(st_conn *c)
+{
+    if (c->flush_queued) return;
+    c->flush_queued = 1;
+    st_loop_defer(c->srv->loop, &c->flush_d, flush_now, st_conn_ref(c));
+}
+
 int st_conn_send_raw(st_conn *c, const char *data, size_t len)
 {
     if (c->state == C_CLOSED || c->dying) return -1;
@@ -471,10 +490,18 @@ int st_conn_send_raw(st_conn *c, const char *data, size_t len)
         conn_kill_later(c);
         return -1;
     }
-    if (c->out.len == len && c->state != C_TLS_ACCEPT && !c->starttls_pending)
+    if (c->out.len == len && c->state != C_TLS_ACCEPT && !c->starttls_pending) {
+        /* Written at the end of the event batch, so what the batch routes
+         * to this client (a sender's pipelined messages, a fan-out) goes
+         * out in one write (one TLS record) rather than one per stanza;
+         * at once if that much is queued already. */
+        if (c->out.len >= FLUSH_AT) conn_flush(c);
+        else flush_later(c);
+    } else if (c->out.len >= FLUSH_AT && c->flush_queued) {
         conn_flush(c);
-    else if (c->state != C_CLOSED)
+    } else if (c->state != C_CLOSED && !c->flush_queued) {
         st_io_set(c->srv->loop, &c->io, (c->read_paused ? 0 : ST_EV_READ) | ST_EV_WRITE);
+    }
     return 0;
 }
 
