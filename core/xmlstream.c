@@ -26,7 +26,9 @@
  * so every handler first checks halted(). A restart remembers the offset
  * just past the element that asked for it; feed re-feeds the rest of the
  * chunk to a fresh parser. */
+#include <pthread.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <stdint.h>
 #include <expat.h>
@@ -107,12 +109,13 @@ enum { LX_TEXT, LX_LT, LX_TAG, LX_SQ, LX_DQ, LX_PI, LX_BANG, LX_COMMENT, LX_CDAT
  * cleared while our handlers run (they may parse other XML). Under
  * AddressSanitizer the unused and freed parts of a zone are poisoned, so
  * expat's accesses are still checked. */
-#define ZONE_SIZE 10240
+#define ZONE_SIZE (12288 - 32) /* a slot of three pages less the zone header */
 #define ZONE_HDR 16
 
 struct xzone {
     unsigned char *base, *last; /* last: the newest allocation (its user pointer) */
     size_t used;
+    int slot; /* from the slot pool (else the heap) */
 };
 
 static __thread xzone *cur_zone;
@@ -133,16 +136,83 @@ static __thread xzone *cur_zone;
 #define ZUNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
+/* Zones live in page-aligned slots of big anonymous mappings, not in the
+ * heap: a freed zone's pages go back to the kernel at once (MADV_DONTNEED)
+ * and no heap block is left behind to fragment around the connections'
+ * long-lived objects. Pages are resident only once expat touches them. A
+ * few freed slots are kept as they are (hot) for the next parser, so
+ * st_xml_parse_element's short-lived parsers cost no system call. One
+ * mutex: zones are made and freed once per parser, on any thread. If a
+ * mapping cannot be made, the zone comes from the heap. */
+#define ZONE_SLOT 12288 /* three pages, the zone header included */
+#define SLAB_SLOTS 64   /* slots per mapping: 768 KiB of address space */
+#define HOT_MAX 16
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static void **pool_cold, **pool_hot; /* free slots: released pages / kept pages */
+static size_t pool_ncold, pool_nhot, pool_cap;
+
+/* A free slot, or NULL (the caller falls back to the heap). */
+static void *slot_get(void)
+{
+    void *p = NULL;
+    pthread_mutex_lock(&pool_mu);
+    if (!pool_nhot && !pool_ncold) {
+        void **cold = st_realloc(pool_cold, (pool_cap + SLAB_SLOTS) * sizeof *cold);
+        if (cold)
+            pool_cold = cold;
+        void **hot = cold ? st_realloc(pool_hot, (pool_cap + SLAB_SLOTS) * sizeof *hot) : NULL;
+        if (hot)
+            pool_hot = hot;
+        unsigned char *slab = hot ? mmap(NULL, (size_t)ZONE_SLOT * SLAB_SLOTS,
+                                         PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                                  : MAP_FAILED;
+        if (slab != MAP_FAILED) {
+            pool_cap += SLAB_SLOTS;
+            for (size_t i = SLAB_SLOTS; i-- > 0;) /* lowest address out first */
+                pool_cold[pool_ncold++] = slab + i * ZONE_SLOT;
+        }
+    }
+    if (pool_nhot)
+        p = pool_hot[--pool_nhot];
+    else if (pool_ncold)
+        p = pool_cold[--pool_ncold];
+    pthread_mutex_unlock(&pool_mu);
+    return p;
+}
+
+static void slot_put(void *p)
+{
+    pthread_mutex_lock(&pool_mu);
+    if (pool_nhot < HOT_MAX) {
+        pool_hot[pool_nhot++] = p;
+        pthread_mutex_unlock(&pool_mu);
+        return;
+    }
+    pthread_mutex_unlock(&pool_mu);
+    madvise(p, ZONE_SLOT, MADV_DONTNEED); /* outside the lock: it is a system call */
+    pthread_mutex_lock(&pool_mu);
+    pool_cold[pool_ncold++] = p; /* room: the arrays hold every slot ever mapped */
+    pthread_mutex_unlock(&pool_mu);
+}
+
 static xzone *zone_new(void)
 {
     /* the header padded to 32 bytes keeps the blocks 16-byte aligned, as malloc's are */
     _Static_assert(sizeof(xzone) <= 32, "zone header");
-    xzone *z = st_malloc(32 + ZONE_SIZE);
-    if (!z)
-        return NULL;
+    _Static_assert(32 + ZONE_SIZE <= ZONE_SLOT, "zone slot");
+    int slot = 1;
+    xzone *z = slot_get();
+    if (!z) {
+        slot = 0;
+        if (!(z = st_malloc(32 + ZONE_SIZE)))
+            return NULL;
+    }
+    ZUNPOISON(z, 32);
     z->base = (unsigned char *)z + 32;
     z->last = NULL;
     z->used = 0;
+    z->slot = slot;
     ZPOISON(z->base, ZONE_SIZE);
     return z;
 }
@@ -151,6 +221,11 @@ static void zone_free(xzone *z)
 {
     if (!z)
         return;
+    if (z->slot) {
+        ZPOISON(z, 32); /* the whole slot stays poisoned while free */
+        slot_put(z);
+        return;
+    }
     ZUNPOISON(z->base, ZONE_SIZE);
     st_free(z);
 }
