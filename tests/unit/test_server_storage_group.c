@@ -287,6 +287,26 @@ static void free_run(run *r)
     free(r);
 }
 
+/* The SQLite back end with the counting group hooks above. */
+static st_storage *start_counted(const fixture *f, const char *extra_sql)
+{
+    counted_ops = st_store_sqlite;
+    counted_ops.group_begin = counted_begin;
+    counted_ops.group_commit = counted_commit;
+    counted_ops.group_rollback = counted_rollback;
+    return start(f, &counted_ops, extra_sql);
+}
+
+/* n grouped pushes queued behind the gate (so they meet in the queue and
+ * form groups), then the storage thread let go. */
+static void push_gated(st_storage *s, run *r, const fixture *f, int n)
+{
+    gate_close(s);
+    for (int i = 0; i < n; i++)
+        submit(s, add(r, f, PUSH), 1);
+    gate_release();
+}
+
 /* ---- the tests ---- */
 
 static void test_group_commit_n_writes_are_one_transaction(void **state)
@@ -317,16 +337,9 @@ static void test_group_commit_n_writes_are_one_transaction(void **state)
 static void test_group_commit_counts_one_commit_per_group(void **state)
 {
     fixture *f = *state;
-    counted_ops = st_store_sqlite;
-    counted_ops.group_begin = counted_begin;
-    counted_ops.group_commit = counted_commit;
-    counted_ops.group_rollback = counted_rollback;
-    st_storage *s = start(f, &counted_ops, NULL);
+    st_storage *s = start_counted(f, NULL);
     run *r = new_run();
-    gate_close(s);
-    for (int i = 0; i < 50; i++)
-        submit(s, add(r, f, PUSH), 1);
-    gate_release();
+    push_gated(s, r, f, 50);
     wait_done(s, r);
     assert_int_equal(calls.begin, 1);
     assert_int_equal(calls.commit, 1);
@@ -340,11 +353,7 @@ static void test_group_commit_done_order_is_submit_order_across_mixed_jobs(void 
     fixture *f = *state;
     /* G grouped, P plain. Runs of two or more G are groups: 6 of them. */
     static const char pattern[] = "GGPGGGPPGPGGGGGGPGGPGPPGGGGGGGGGGGGGGGGGGGGGGPGG";
-    counted_ops = st_store_sqlite;
-    counted_ops.group_begin = counted_begin;
-    counted_ops.group_commit = counted_commit;
-    counted_ops.group_rollback = counted_rollback;
-    st_storage *s = start(f, &counted_ops, NULL);
+    st_storage *s = start_counted(f, NULL);
     run *r = new_run();
     gate_close(s);
     for (const char *p = pattern; *p; p++)
@@ -368,16 +377,9 @@ static void test_group_commit_caps_a_group(void **state)
 {
     fixture *f = *state;
     enum { N = ST_STORAGE_GROUP_MAX + 44 };
-    counted_ops = st_store_sqlite;
-    counted_ops.group_begin = counted_begin;
-    counted_ops.group_commit = counted_commit;
-    counted_ops.group_rollback = counted_rollback;
-    st_storage *s = start(f, &counted_ops, NULL);
+    st_storage *s = start_counted(f, NULL);
     run *r = new_run();
-    gate_close(s);
-    for (int i = 0; i < N; i++)
-        submit(s, add(r, f, PUSH), 1);
-    gate_release();
+    push_gated(s, r, f, N);
     wait_done(s, r);
     assert_int_equal(calls.begin, 2);
     assert_int_equal(calls.commit, 2);
@@ -392,17 +394,10 @@ static void test_group_commit_failed_commit_reruns_every_job_alone_once(void **s
 {
     fixture *f = *state;
     enum { N = 20 };
-    counted_ops = st_store_sqlite;
-    counted_ops.group_begin = counted_begin;
-    counted_ops.group_commit = counted_commit;
-    counted_ops.group_rollback = counted_rollback;
-    st_storage *s = start(f, &counted_ops, NULL);
+    st_storage *s = start_counted(f, NULL);
     calls.fail_commits = 1;
     run *r = new_run();
-    gate_close(s);
-    for (int i = 0; i < N; i++)
-        submit(s, add(r, f, PUSH), 1);
-    gate_release();
+    push_gated(s, r, f, N);
     wait_done(s, r); /* done() checks each message is stored exactly once */
     assert_int_equal(calls.begin, 1);
     assert_int_equal(calls.commit, 0);
@@ -428,11 +423,7 @@ static void test_group_commit_transaction_dying_midway_stores_every_write_once(v
 {
     fixture *f = *state;
     enum { N = 10, DIE = 4 };
-    counted_ops = st_store_sqlite;
-    counted_ops.group_begin = counted_begin;
-    counted_ops.group_commit = counted_commit;
-    counted_ops.group_rollback = counted_rollback;
-    st_storage *s = start(f, &counted_ops, die_trigger);
+    st_storage *s = start_counted(f, die_trigger);
     run *r = new_run();
     gate_close(s);
     for (int i = 0; i < N; i++)
@@ -466,11 +457,7 @@ static const char fail_group_trigger[] =
 static void test_group_commit_failing_roster_put_rolls_back_only_itself(void **state)
 {
     fixture *f = *state;
-    counted_ops = st_store_sqlite;
-    counted_ops.group_begin = counted_begin;
-    counted_ops.group_commit = counted_commit;
-    counted_ops.group_rollback = counted_rollback;
-    st_storage *s = start(f, &counted_ops, fail_group_trigger);
+    st_storage *s = start_counted(f, fail_group_trigger);
     run *r = new_run();
     gate_close(s);
     gjob *a = add(r, f, ROSTER_PUT);
@@ -526,10 +513,7 @@ static void test_group_commit_back_end_without_hooks_runs_jobs_alone(void **stat
     counted_ops.group_rollback = NULL;
     st_storage *s = start(f, &counted_ops, NULL);
     run *r = new_run();
-    gate_close(s);
-    for (int i = 0; i < N; i++)
-        submit(s, add(r, f, PUSH), 1);
-    gate_release();
+    push_gated(s, r, f, N);
     wait_done(s, r);
     for (int i = 0; i < N; i++) {
         assert_int_equal(r->jobs[i].runs, 1);
