@@ -210,11 +210,17 @@ static void make_user(const char *dsn)
     st_store_sqlite.close(h);
 }
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
+/* The in-process server both targets use: a fresh directory and store
+ * with the harness's accounts, plain c2s on an unused port number (inputs
+ * arrive over socketpairs), the common settings, then global_extra and,
+ * under [host localhost], host_extra. who names the target in errors. */
+static void start_server(const char *who, const char *tmpl, const char *global_extra,
+                         const char *host_extra)
 {
-    char dir[] = "/tmp/starling-fuzz-XXXXXX";
+    char dir[64];
+    snprintf(dir, sizeof dir, "%s", tmpl);
     if (!mkdtemp(dir)) abort();
-    char path[512], dsn[512], conf[2048];
+    char path[512], dsn[512], conf[4096];
     snprintf(path, sizeof path, "%s/starling.conf", dir);
     snprintf(dsn, sizeof dsn, "%s/starling.db", dir);
     snprintf(conf, sizeof conf,
@@ -223,9 +229,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
              "sm_resume_timeout = 0\n"
              /* every input comes from one address: failed logins in inputs
               * must not lock the harness's own login out */
-             "auth_failures_per_ip = 1000000\n"
-             "[host localhost]\nregister.allow = true\n",
-             dir, dir);
+             "auth_failures_per_ip = 1000000\n%s"
+             "[host localhost]\n%s",
+             dir, dir, global_extra, host_extra);
     FILE *f = fopen(path, "w");
     if (!f) abort();
     fputs(conf, f);
@@ -234,7 +240,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     st_buf_init(&errs, 0);
     st_config *cfg = st_config_load(path, &errs);
     if (!cfg) {
-        fprintf(stderr, "fuzz_c2s: config: %s\n", errs.data ? errs.data : "?");
+        fprintf(stderr, "%s: config: %s\n", who, errs.data ? errs.data : "?");
         abort();
     }
     st_buf_free(&errs);
@@ -243,9 +249,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     char err[512];
     srv = st_server_new(cfg, err, sizeof err);
     if (!srv) {
-        fprintf(stderr, "fuzz_c2s: %s\n", err);
+        fprintf(stderr, "%s: %s\n", who, err);
         abort();
     }
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    start_server("fuzz_c2s", "/tmp/starling-fuzz-XXXXXX", "", "register.allow = true\n");
     return 0;
 }
 
