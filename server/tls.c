@@ -26,6 +26,7 @@
 #include <openssl/x509v3.h>
 #include "starling/alloc.h"
 #include "server/tls.h"
+#include "server/tlsrec.h"
 
 struct st_tls_ctx {
     SSL_CTX *ctx; /* current; one reference owned by us */
@@ -105,6 +106,11 @@ static SSL_CTX *ctx_build(const char *cert_path, const char *key_path, char *err
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL); /* c2s authenticates with SASL */
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    /* TLS 1.3 connections leave OpenSSL after the handshake (tlsrec.h) */
+    if (st_tlsrec_prepare_ctx(ctx) != 0) {
+        tls_err(err, errlen, "TLS record layer", NULL);
+        goto fail;
+    }
     SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
 
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_path) != 1) {
