@@ -29,6 +29,8 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
 #include <string.h>
 #include <stdint.h>
 #include <expat.h>
@@ -706,6 +708,26 @@ static void parser_destroy(st_xmlstream *x)
     x->zone = NULL;
 }
 
+/* expat's hash salt (its defence against hash flooding) would otherwise
+ * cost a getrandom() call per parser, and a connection makes three at
+ * login and one each time it wakes from rest. One seed per thread from the
+ * kernel, then splitmix64: the salts are never visible to a peer, they
+ * only have to be unpredictable to it. */
+static unsigned long next_salt(void)
+{
+    static _Thread_local uint64_t state;
+    static _Thread_local int seeded;
+    if (!seeded) {
+        if (getrandom(&state, sizeof state, 0) != (ssize_t)sizeof state)
+            state ^= (uint64_t)(uintptr_t)&state ^ (uint64_t)time(NULL) << 20;
+        seeded = 1;
+    }
+    uint64_t z = (state += UINT64_C(0x9e3779b97f4a7c15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return (unsigned long)(z ^ (z >> 31));
+}
+
 static int parser_create(st_xmlstream *x)
 {
     static const XML_Char sep = NS_SEP;
@@ -720,6 +742,7 @@ static int parser_create(st_xmlstream *x)
         x->zone = NULL;
         return -1;
     }
+    XML_SetHashSalt(x->p, next_salt());
     XML_SetUserData(x->p, x);
     XML_SetElementHandler(x->p, on_start, on_end);
     XML_SetCharacterDataHandler(x->p, on_text);

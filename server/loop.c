@@ -20,6 +20,8 @@ struct st_loop {
     st_timer **heap;
     size_t nheap, capheap;
     st_deferred *deferred;
+    void (*before_wait)(void *ud);
+    void *before_wait_ud;
 };
 
 uint64_t st_now_ms(void)
@@ -192,6 +194,12 @@ static void run_timers(st_loop *l)
     }
 }
 
+void st_loop_before_wait(st_loop *l, void (*fn)(void *ud), void *ud)
+{
+    l->before_wait = fn;
+    l->before_wait_ud = ud;
+}
+
 void st_loop_stop(st_loop *l)
 {
     l->stop = 1;
@@ -203,6 +211,7 @@ int st_loop_run_once(st_loop *l, int timeout_ms)
 {
     struct epoll_event ev[MAX_EVENTS];
     int timeout = timeout_ms;
+    if (l->before_wait) l->before_wait(l->before_wait_ud);
     if (l->nheap) {
         uint64_t now = st_now_ms(), due = l->heap[0]->due_ms;
         int t = due <= now ? 0 : (int)(due - now > 60000 ? 60000 : due - now);

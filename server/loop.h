@@ -59,6 +59,11 @@ int st_timer_armed(const st_timer *t);
  * and must stay valid until then). */
 void st_loop_defer(st_loop *l, st_deferred *d, void (*fn)(void *), void *ud);
 
+/* fn(ud) at the start of every round, before waiting for events: for
+ * work the round before accumulated and wants to hand on at once (one
+ * hook per loop; NULL removes it). */
+void st_loop_before_wait(st_loop *l, void (*fn)(void *ud), void *ud);
+
 /* Run the deferred work now (teardown). */
 void st_loop_run_deferred(st_loop *l);
 

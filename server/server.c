@@ -653,6 +653,11 @@ static void on_signal(st_loop *l, st_io *io, unsigned ev)
     }
 }
 
+static void kick_storage(void *ud)
+{
+    st_storage_kick(ud);
+}
+
 static void on_storage(st_loop *l, st_io *io, unsigned ev)
 {
     st_storage_dispatch(((st_server *)io->ud)->store);
@@ -729,6 +734,9 @@ st_server *st_server_new(st_config *cfg, char *err, size_t errlen)
     }
     s->store = st_storage_start(ops, cfg->store_dsn, err, errlen);
     if (!s->store) goto fail;
+    /* what one round of events submits wakes the storage thread once */
+    st_storage_batch_wakeups(s->store);
+    st_loop_before_wait(s->loop, kick_storage, s->store);
     if (st_io_add(s->loop, &s->store_io, st_storage_fd(s->store), ST_EV_READ, on_storage, s) != 0)
         goto oom;
 

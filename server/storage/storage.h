@@ -238,6 +238,16 @@ int st_storage_submit(st_storage *s, void (*work)(void *h, void *arg), void (*do
 int st_storage_submit_grouped(st_storage *s, void (*work)(void *h, void *arg),
                               void (*done)(void *arg), void *arg);
 const st_store_ops *st_storage_ops(const st_storage *s);
+
+/* Wake-ups in batches (for an event loop): after st_storage_batch_wakeups,
+ * submitting only queues, and the storage thread is woken by the next
+ * st_storage_kick, which the loop calls once before it waits for events.
+ * The jobs one batch of events submits then cost the two threads one
+ * hand-over instead of one each (on a single core, every hand-over is a
+ * pair of context switches). Without it every submit wakes the thread.
+ * Loop thread only. */
+void st_storage_batch_wakeups(st_storage *s);
+void st_storage_kick(st_storage *s);
 /* Jobs submitted whose done() has not run yet (call on the loop thread). */
 long st_storage_inflight(const st_storage *s);
 

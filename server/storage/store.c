@@ -168,6 +168,8 @@ struct st_storage {
     int opened;        /* 0 opening, 1 open, -1 open failed */
     char open_err[256];
     long inflight;     /* submitted, done() not yet run (loop thread only) */
+    int batch_wakeups; /* submit only queues; st_storage_kick wakes (loop thread only) */
+    int unwoken;       /* jobs queued since the last kick (loop thread only) */
 };
 
 static void jobq_push(st_jobq *q, st_job *j)
@@ -196,11 +198,13 @@ static void job_finished(st_storage *s, st_job *j)
 {
     uint64_t one = 1;
     pthread_mutex_lock(&s->mu);
-    jobq_push(&s->done, j);
-    /* Only fails with EAGAIN when the counter would overflow, and then
-     * the fd is readable anyway: the job goes out with that dispatch. */
-    if (write(s->efd, &one, sizeof one) < 0) {
+    /* The loop takes the whole done queue per dispatch, so only a queue
+     * going from empty to not needs the signal. Only fails with EAGAIN
+     * when the counter would overflow, and then the fd is readable
+     * anyway: the job goes out with that dispatch. */
+    if (!s->done.head && write(s->efd, &one, sizeof one) < 0) {
     }
+    jobq_push(&s->done, j);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -243,13 +247,13 @@ static void run_group(st_storage *s, void *h, st_job *first, size_t n)
     }
     if (ok && ops->group_commit(h) == 0) {
         pthread_mutex_lock(&s->mu);
+        uint64_t count = n;
+        if (!s->done.head && write(s->efd, &count, sizeof count) < 0) {
+            /* EAGAIN: see job_finished */
+        }
         for (st_job *j = first, *next; j; j = next) {
             next = j->next;
             jobq_push(&s->done, j);
-        }
-        uint64_t count = n;
-        if (write(s->efd, &count, sizeof count) < 0) {
-            /* EAGAIN: see job_finished */
         }
         pthread_mutex_unlock(&s->mu);
         return;
@@ -447,9 +451,28 @@ static int submit(st_storage *s, void (*work)(void *h, void *arg), void (*done)(
     }
     jobq_push(&s->jobs, j);
     s->inflight++;
-    pthread_cond_signal(&s->cv);
+    if (s->batch_wakeups)
+        s->unwoken = 1;
+    else
+        pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return 0;
+}
+
+void st_storage_batch_wakeups(st_storage *s)
+{
+    if (s) s->batch_wakeups = 1;
+}
+
+void st_storage_kick(st_storage *s)
+{
+    if (!s || !s->unwoken) return;
+    s->unwoken = 0;
+    /* The jobs were queued under the mutex, so a thread about to wait has
+     * either seen them or is waiting and gets this signal. */
+    pthread_mutex_lock(&s->mu);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 int st_storage_submit(st_storage *s, void (*work)(void *h, void *arg), void (*done)(void *arg),
