@@ -81,7 +81,7 @@ FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -Iinclude -I. -fsanitize=fuzzer,a
                -DSTARLING_VERSION=\"$(shell cat VERSION)\"
 # The c2s and stanzas targets run a whole in-process server, and the config target
 # checks module options against the module tables, so all three link server/ too.
-FUZZ_SERVER_BIN := build-fuzz/fuzz_c2s build-fuzz/fuzz_config build-fuzz/fuzz_stanzas
+FUZZ_SERVER_BIN := build-fuzz/fuzz_c2s build-fuzz/fuzz_config build-fuzz/fuzz_stanzas build-fuzz/fuzz_tlsrec
 $(FUZZ_SERVER_BIN): build-fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(SERVER_SRC) $(wildcard include/starling/*.h server/*.h server/*/*.h)
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(CORE_SRC) $(SERVER_SRC) $(LIBS)
@@ -143,13 +143,18 @@ clean:
 	rm -rf build build-asan build-fuzz
 
 # ---- benchmarks (bench/): the load generator and the side-by-side run ----
-# `make bench` builds build/bench/loadgen and build/bench/storage_group and runs nothing;
+# `make bench` builds build/bench/loadgen, storage_group and tls_handshake and runs nothing;
 # `make bench-compare` runs bench/compare (Prosody, ejabberd; see docs/performance.md).
 .PHONY: bench bench-compare
-bench: all $(BUILD)/bench/loadgen $(BUILD)/bench/storage_group
+bench: all $(BUILD)/bench/loadgen $(BUILD)/bench/storage_group $(BUILD)/bench/tls_handshake
 
 # Storage-thread throughput, plain vs group commit (docs/internals/storage.md).
 $(BUILD)/bench/storage_group: bench/storage_group.c $(BUILD)/libstarling-server.a $(BUILD)/libstarling-core.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDSAN) -o $@ $^ $(LIBS)
+
+# Server CPU per TLS handshake inside OpenSSL alone (docs/performance.md).
+$(BUILD)/bench/tls_handshake: bench/tls_handshake.c $(BUILD)/libstarling-server.a $(BUILD)/libstarling-core.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDSAN) -o $@ $^ $(LIBS)
 
