@@ -622,7 +622,8 @@ size_t st_tlsrec_pending(const st_tlsrec *r)
 
 int st_tlsrec_drained(const st_tlsrec *r)
 {
-    return r->drained && !r->pt.len;
+    /* read_over: the next read says 0, which nothing on fd would tell */
+    return r->drained && !r->pt.len && !r->read_over;
 }
 
 ssize_t st_tlsrec_read(st_tlsrec *r, int fd, void *p, size_t n)

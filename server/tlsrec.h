@@ -75,8 +75,9 @@ ssize_t st_tlsrec_read(st_tlsrec *r, int fd, void *p, size_t n);
 size_t st_tlsrec_pending(const st_tlsrec *r);
 
 /* After a read that returned data: 1 if it found the socket empty (its
- * recv got less than it asked for) and kept no plaintext, so another read
- * before fd is readable again would only return -2. */
+ * recv got less than it asked for), kept no plaintext and did not see the
+ * connection end (a close_notify or alert behind the data), so another
+ * read before fd is readable again would only return -2. */
 int st_tlsrec_drained(const st_tlsrec *r);
 
 /* Encrypt and send from p (n bytes). Returns how many bytes of p were
