@@ -79,8 +79,9 @@ $(BUILD)/tests/%: tests/integration/%.c
 # libFuzzer targets always build with clang, ASan and UBSan.
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -Iinclude -I. -fsanitize=fuzzer,address,undefined \
                -DSTARLING_VERSION=\"$(shell cat VERSION)\"
-# The c2s and stanzas targets run a whole in-process server, and the config target
-# checks module options against the module tables, so all three link server/ too.
+# The c2s and stanzas targets run a whole in-process server, the config target
+# checks module options against the module tables, and the tlsrec target drives
+# server/tlsrec.c behind server/tls.c's context, so all four link server/ too.
 FUZZ_SERVER_BIN := build-fuzz/fuzz_c2s build-fuzz/fuzz_config build-fuzz/fuzz_stanzas build-fuzz/fuzz_tlsrec
 $(FUZZ_SERVER_BIN): build-fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(SERVER_SRC) $(wildcard include/starling/*.h server/*.h server/*/*.h)
 	@mkdir -p build-fuzz

@@ -86,8 +86,9 @@ int st_tlsrec_drained(const st_tlsrec *r);
  * bytes: what was taken is never asked for again); -1 when the connection
  * failed (a send error, or it is over). Taken bytes that the socket did
  * not accept yet, at most one record, are kept and go first on the next
- * call. st_tlsrec_write(r, fd, NULL, 0) only pushes out what is kept:
- * 1 when nothing is kept any more, 0 while some still is, -1 on error. */
+ * call. With n == 0 (p may be NULL) it only pushes out what is kept, and
+ * the result means something else: 1 when nothing is kept any more, 0
+ * while some still is, -1 on error. */
 ssize_t st_tlsrec_write(st_tlsrec *r, int fd, const void *p, size_t n);
 
 /* Bytes sealed and taken that the socket has not accepted yet. */

@@ -21,6 +21,8 @@ def defined_tests():
             text = f.read()
         names.update(re.findall(r"cmocka_unit_test\w*\(\s*(\w+)", text))
         names.update(re.findall(r"^static void (\w+)\(void \*\*", text, re.M))
+        # table-driven cases: CASE(name, ...) defines the test function
+        names.update(re.findall(r"^CASE\((\w+),", text, re.M))
     return names
 
 
