@@ -1261,6 +1261,51 @@ static void test_async_stop_finishes_queued_jobs(void **state)
     assert_true(pthread_equal(done_thread, pthread_self()));
 }
 
+/* Batched wake-ups (what the server's loop uses): submitting only queues;
+ * the jobs run when the loop kicks before waiting, all of them, in order.
+ * A lost kick would hang every storage request, so both halves matter. */
+static void test_async_batched_wakeups_run_on_the_kick_not_before(void **state)
+{
+    fixture *f = *state;
+    char err[256] = "";
+    int order[NJOBS + 1], ndone = 0;
+    pthread_t done_thread = 0;
+    st_user_creds c;
+    make_creds(&c, "pw");
+
+    st_storage *s = st_storage_start(&st_store_sqlite, f->path, err, sizeof err);
+    assert_non_null(s);
+    st_storage_batch_wakeups(s);
+    for (int i = 0; i <= NJOBS; i++) {
+        job *j = calloc(1, sizeof *j);
+        assert_non_null(j);
+        *j = (job){
+            .index = i, .order = order, .ndone = &ndone, .done_thread = &done_thread, .creds = &c};
+        assert_int_equal(st_storage_submit(s, job_work, job_done, j), 0);
+        if (i > 0) continue;
+        /* the first one alone, kicked: afterwards the thread is idle, waiting */
+        st_storage_kick(s);
+        struct pollfd p = {.fd = st_storage_fd(s), .events = POLLIN};
+        assert_int_equal(poll(&p, 1, 5000), 1);
+        st_storage_dispatch(s);
+        assert_int_equal(ndone, 1);
+        usleep(100 * 1000);
+    }
+    /* queued, not kicked: nothing runs */
+    struct pollfd p = {.fd = st_storage_fd(s), .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 300), 0);
+    assert_int_equal(ndone, 1);
+    st_storage_kick(s);
+    while (ndone < NJOBS + 1) {
+        p.revents = 0;
+        assert_int_equal(poll(&p, 1, 5000), 1);
+        st_storage_dispatch(s);
+    }
+    for (int i = 0; i <= NJOBS; i++)
+        assert_int_equal(order[i], i);
+    st_storage_stop(s);
+}
+
 static void test_async_start_reports_open_failure(void **state)
 {
     char err[256] = "";
@@ -1474,6 +1519,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_async_completions_in_order_on_dispatching_thread,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_stop_finishes_queued_jobs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_async_batched_wakeups_run_on_the_kick_not_before, setup,
+                                        teardown),
         cmocka_unit_test(test_async_start_reports_open_failure),
         cmocka_unit_test_setup_teardown(test_xep0313_archive_append_dedups_ids_and_needs_the_user,
                                         setup, teardown),
