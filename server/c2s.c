@@ -438,7 +438,9 @@ static void conn_flush(st_conn *c)
         if (n == 0) break;
         st_buf_consume(&c->out, (size_t)n);
     }
-    if (!c->out.len && c->rec && st_tlsrec_write(c->rec, c->fd, NULL, 0) < 0) {
+    /* the queue is out; a record the socket took only part of may not be */
+    if (!c->out.len && c->rec && st_tlsrec_unsent(c->rec) &&
+        st_tlsrec_write(c->rec, c->fd, NULL, 0) < 0) {
         conn_kill_later(c);
         return;
     }
