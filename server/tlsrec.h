@@ -42,6 +42,7 @@
 #ifndef STARLING_TLSREC_H
 #define STARLING_TLSREC_H
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <openssl/ssl.h>
 
@@ -113,5 +114,50 @@ const char *st_tlsrec_cipher(const st_tlsrec *r);
 
 /* Wipes the keys and frees everything (nothing is sent). NULL is fine. */
 void st_tlsrec_free(st_tlsrec *r);
+
+/* ---- for server/tlshs.c, our own handshake (tlshs.h) ----
+ *
+ * A record layer from traffic secrets of len bytes (the suite's hash
+ * length) for suite 0x1301, 0x1302 or 0x1303; both sequence numbers start
+ * at 0. NULL for another suite or length, or out of memory. The handshake
+ * uses one with its handshake traffic secrets for the records it seals and
+ * opens itself, then one with the application secrets for the rest. */
+st_tlsrec *st_tlsrec_new(uint16_t suite, const unsigned char *client_secret,
+                         const unsigned char *server_secret, size_t len);
+
+/* Seal the n bytes at rec + 5 in place as one protected record of inner
+ * content type `type` (22 handshake, 21 alert, 23 data), n <= 2^14; rec
+ * has room for 5 + n + 17 bytes. Returns the record's length, 0 on error. */
+size_t st_tlsrec_seal(st_tlsrec *r, unsigned char *rec, size_t n, int type);
+
+/* Open the complete protected record at rec (its ct bytes after the
+ * 5-byte header) in place: 0 with *type and the content in rec + 5,
+ * *n bytes (padding and type removed); -1 if it does not authenticate;
+ * -2 if it has no content type; -3 if its plaintext is over 2^14 + 1
+ * bytes. */
+int st_tlsrec_open(st_tlsrec *r, unsigned char *rec, size_t ct, int *type, size_t *n);
+
+/* Seal a handshake message (a NewSessionTicket, at most 512 bytes) as
+ * one record and send it, keeping what the socket does not take, as
+ * st_tlsrec_write does with data. 0, or -1 when the connection failed. */
+int st_tlsrec_write_handshake(st_tlsrec *r, int fd, const void *msg, size_t n);
+
+/* Ciphertext the handshake read from the socket past its own end (the
+ * client's first records), to be read before anything from fd. Only on a
+ * fresh record layer. 0 or -1. */
+int st_tlsrec_preload(st_tlsrec *r, const void *p, size_t n);
+
+/* Bytes held that st_tlsrec_read will work on before reading fd again:
+ * ciphertext not yet decrypted, plaintext not yet returned. */
+size_t st_tlsrec_buffered(const st_tlsrec *r);
+
+/* The key schedule's two primitives (RFC 8446 §7.1), for md = SHA-256 or
+ * SHA-384 as fetched: HMAC with a key no longer than the hash's block,
+ * and HKDF-Expand-Label(secret, label, context, n) with n <= Hash.length,
+ * label at most 32 bytes, context at most 64. 0 or -1. */
+int st_tls13_hmac(const EVP_MD *md, const unsigned char *key, size_t klen, const unsigned char *d,
+                  size_t n, unsigned char *out);
+int st_tls13_expand_label(const EVP_MD *md, const unsigned char *secret, const char *label,
+                          const unsigned char *ctx, size_t clen, unsigned char *out, size_t n);
 
 #endif
