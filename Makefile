@@ -16,7 +16,7 @@ FUZZ_TIME ?= 60
 CFLAGS_COMMON := -std=gnu11 -g $(OPT) -Wall -Wextra -Werror -Wno-unused-parameter \
                  -Wformat=2 -Wvla -fno-strict-aliasing -D_GNU_SOURCE -Iinclude -I. \
                  -DSTARLING_VERSION=\"$(shell cat VERSION)\"
-LIBS := -lexpat -lssl -lcrypto -lsqlite3 -lidn -lpthread -lm
+LIBS := -lexpat -lssl -lcrypto -lsodium -lsqlite3 -lidn -lpthread -lm
 
 ifeq ($(SAN),asan)
 BUILD := build-asan
@@ -80,9 +80,11 @@ $(BUILD)/tests/%: tests/integration/%.c
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -Iinclude -I. -fsanitize=fuzzer,address,undefined \
                -DSTARLING_VERSION=\"$(shell cat VERSION)\"
 # The c2s and stanzas targets run a whole in-process server, the config target
-# checks module options against the module tables, and the tlsrec target drives
-# server/tlsrec.c behind server/tls.c's context, so all four link server/ too.
-FUZZ_SERVER_BIN := build-fuzz/fuzz_c2s build-fuzz/fuzz_config build-fuzz/fuzz_stanzas build-fuzz/fuzz_tlsrec
+# checks module options against the module tables, and the tlsrec and tlshs
+# targets drive server/tlsrec.c and server/tlshs.c behind server/tls.c's
+# context, so all five link server/ too.
+FUZZ_SERVER_BIN := build-fuzz/fuzz_c2s build-fuzz/fuzz_config build-fuzz/fuzz_stanzas build-fuzz/fuzz_tlsrec \
+                   build-fuzz/fuzz_tlshs
 $(FUZZ_SERVER_BIN): build-fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(SERVER_SRC) $(wildcard include/starling/*.h server/*.h server/*/*.h)
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(CORE_SRC) $(SERVER_SRC) $(LIBS)

@@ -5,7 +5,7 @@
 # needs root (or sudo) only when a Debian package is missing.
 set -e
 PKGS="gcc make pkg-config clang libclang-rt-14-dev openssl
-libexpat1-dev libssl-dev libsqlite3-dev libidn-dev
+libexpat1-dev libssl-dev libsodium-dev libsqlite3-dev libidn-dev
 libcmocka-dev python3-pytest python3-slixmpp libstrophe-dev profanity tmux procps adduser"
 
 missing=""

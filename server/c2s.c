@@ -42,6 +42,7 @@
 #include "server/fast.h"
 #include "server/log.h"
 #include "server/tls.h"
+#include "server/tlshs.h"
 #include "server/tlsrec.h"
 #include "starling/alloc.h"
 #include "starling/base64.h"
@@ -98,7 +99,8 @@ struct st_conn {
     st_io io;
     enum c2s_state state;
     int direct_tls;
-    SSL *ssl;        /* during the handshake, and after it on TLS 1.2 */
+    st_tlshs *hs;    /* our TLS 1.3 handshake while it runs (tlshs.h) */
+    SSL *ssl;        /* OpenSSL's handshake, and after it on TLS 1.2 */
     st_tlsrec *rec;  /* after a TLS 1.3 handshake: our record layer, no SSL */
     int secure;
     int starttls_requested; /* <starttls/> seen in this feed */
@@ -273,8 +275,8 @@ st_conn *st_conn_accept(st_server *s, int fd, const char *peer, int direct_tls)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (direct_tls) {
-        c->ssl = st_tls_new_ssl(s->tls, fd, 1);
-        if (!c->ssl) goto fail;
+        c->hs = st_tls_new_hs(s->tls, 1);
+        if (!c->hs && !(c->ssl = st_tls_new_ssl(s->tls, fd, 1))) goto fail;
         c->state = C_TLS_ACCEPT;
     } else {
         c->state = C_WAIT_HEADER;
@@ -289,6 +291,7 @@ st_conn *st_conn_accept(st_server *s, int fd, const char *peer, int direct_tls)
     return c;
 fail:
     if (c) {
+        st_tlshs_free(c->hs);
         if (c->ssl) SSL_free(c->ssl);
         st_xmlstream_free(c->xs);
         st_buf_free(&c->out);
@@ -327,6 +330,7 @@ static void conn_free(void *ud)
     st_conn *c = ud;
     auth_free(c->auth);
     st_xmlstream_free(c->xs);
+    st_tlshs_free(c->hs);
     if (c->ssl) SSL_free(c->ssl);
     st_tlsrec_free(c->rec);
     st_buf_free(&c->out);
@@ -607,6 +611,18 @@ static void tls_established(st_conn *c)
     c->auth->cb_endpoint_len = 0;
     c->auth->cb_exporter_len = 0;
     size_t n = 0;
+    if (c->hs) {
+        if (st_tlshs_server_end_point(c->hs, c->auth->cb_endpoint, &n) == 0)
+            c->auth->cb_endpoint_len = n;
+        if (st_tlshs_exporter(c->hs, c->auth->cb_exporter) == 0) c->auth->cb_exporter_len = 32;
+        c->rec = st_tlshs_finish(c->hs);
+        st_debug("c2s", "client %s: TLSv1.3 established (%s%s)", c->peer, st_tlshs_cipher(c->hs),
+                 st_tlshs_resumed(c->hs) ? ", resumed" : "");
+        st_tlshs_free(c->hs);
+        c->hs = NULL;
+        c->state = C_WAIT_HEADER;
+        return;
+    }
     if (st_tls_server_end_point(c->ssl, c->auth->cb_endpoint, &n) == 0) c->auth->cb_endpoint_len = n;
     if (st_tls_exporter(c->ssl, c->auth->cb_exporter) == 0) c->auth->cb_exporter_len = 32;
     st_debug("c2s", "client %s: %s established", c->peer, SSL_get_version(c->ssl));
@@ -620,8 +636,41 @@ static void tls_established(st_conn *c)
     c->state = C_WAIT_HEADER;
 }
 
+/* Our handshake (tlshs.h); on ST_TLSHS_OPENSSL an SSL takes over the
+ * untouched socket. 1 when the handshake goes on in OpenSSL. */
+static int tls_handshake_ours(st_conn *c)
+{
+    switch (st_tlshs_step(c->hs, c->fd)) {
+    case ST_TLSHS_READ:
+        st_io_set(c->srv->loop, &c->io, ST_EV_READ);
+        return 0;
+    case ST_TLSHS_WRITE:
+        st_io_set(c->srv->loop, &c->io, ST_EV_WRITE);
+        return 0;
+    case ST_TLSHS_DONE:
+        tls_established(c);
+        st_io_set(c->srv->loop, &c->io, ST_EV_READ | (out_pending(c) ? ST_EV_WRITE : 0));
+        return 0;
+    case ST_TLSHS_OPENSSL:
+        st_debug("c2s", "client %s: TLS handshake left to OpenSSL: %s", c->peer,
+                 st_tlshs_error(c->hs));
+        st_tlshs_free(c->hs);
+        c->hs = NULL;
+        c->ssl = st_tls_new_ssl(c->srv->tls, c->fd, c->direct_tls);
+        if (c->ssl) return 1;
+        st_error("c2s", "client %s: cannot create TLS state", c->peer);
+        conn_finish(c);
+        return 0;
+    default:
+        st_info("c2s", "client %s: TLS handshake failed: %s", c->peer, st_tlshs_error(c->hs));
+        conn_finish(c);
+        return 0;
+    }
+}
+
 static void tls_handshake(st_conn *c)
 {
+    if (c->hs && !tls_handshake_ours(c)) return;
     ERR_clear_error();
     int r = SSL_accept(c->ssl);
     if (r == 1) {
@@ -646,8 +695,9 @@ static void tls_handshake(st_conn *c)
 
 static void start_tls(st_conn *c)
 {
-    c->ssl = st_tls_new_ssl(c->srv->tls, c->fd, 0);
-    if (!c->ssl) {
+    c->hs = st_tls_new_hs(c->srv->tls, 0);
+    if (!c->hs) c->ssl = st_tls_new_ssl(c->srv->tls, c->fd, 0);
+    if (!c->hs && !c->ssl) {
         st_error("c2s", "client %s: cannot create TLS state", c->peer);
         conn_finish(c);
         return;
@@ -789,7 +839,11 @@ static void conn_on_io(st_loop *l, st_io *io, unsigned ev)
     st_conn_ref(c);
     if (c->state == C_TLS_ACCEPT) {
         tls_handshake(c);
-        if (c->state == C_WAIT_HEADER) conn_flush(c);
+        if (c->state == C_WAIT_HEADER) {
+            conn_flush(c);
+            /* our handshake may have read the client's first records */
+            if (c->rec && st_tlsrec_buffered(c->rec)) ev |= ST_EV_READ;
+        }
     }
     if ((ev & ST_EV_WRITE) && c->state != C_CLOSED && c->state != C_TLS_ACCEPT) conn_flush(c);
     if ((ev & ST_EV_READ) && c->state != C_CLOSED && c->state != C_TLS_ACCEPT) conn_read_all(c);

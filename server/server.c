@@ -631,6 +631,8 @@ int st_server_reload(st_server *s)
     char err[256];
     if (s->tls && st_tls_ctx_reload(s->tls, n->certificate, n->private_key, err, sizeof err) != 0)
         st_error("server", "certificate reload failed, keeping the old one: %s", err);
+    else if (s->tls && st_tls_hs_unavailable(s->tls))
+        st_info("server", "TLS handshakes left to OpenSSL: %s", st_tls_hs_unavailable(s->tls));
     /* Listeners, storage and the admin socket stay as they are: changing
      * them needs a restart (said in docs/config.md). */
     apply_hosts(s, n);
@@ -726,6 +728,8 @@ st_server *st_server_new(st_config *cfg, char *err, size_t errlen)
     if (tr != 0) goto fail;
     s->tls = st_tls_ctx_new(cfg->certificate, cfg->private_key, err, errlen);
     if (!s->tls) goto fail;
+    if (st_tls_hs_unavailable(s->tls))
+        st_info("server", "TLS handshakes left to OpenSSL: %s", st_tls_hs_unavailable(s->tls));
 
     const st_store_ops *ops = st_store_find(cfg->store);
     if (!ops) {

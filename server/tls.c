@@ -26,14 +26,21 @@
 #include <openssl/x509v3.h>
 #include "starling/alloc.h"
 #include "server/tls.h"
+#include "server/tlshs.h"
 #include "server/tlsrec.h"
 
 struct st_tls_ctx {
-    SSL_CTX *ctx; /* current; one reference owned by us */
+    SSL_CTX *ctx;     /* current; one reference owned by us */
+    st_tlshs_ctx *hs; /* our TLS 1.3 handshake for it, or NULL (tlshs.h) */
+    char hs_why[160]; /* why hs is NULL */
 };
 
 #define TLS12_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
-#define TLS13_SUITES "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+/* In our order (server preference): AES-128-GCM first, the cheapest where
+ * the CPU has AES instructions (its SHA-256 has them too, SHA-384 not);
+ * ChaCha20 when the client lists it first (SSL_OP_PRIORITIZE_CHACHA),
+ * as clients without AES instructions do. tlshs.c chooses the same way. */
+#define TLS13_SUITES "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
 #define TLS_GROUPS "X25519:P-256:P-384"
 #define CERT_DAYS 3652 /* ten years, leap days included */
 
@@ -95,7 +102,8 @@ static SSL_CTX *ctx_build(const char *cert_path, const char *key_path, char *err
     /* IGNORE_UNEXPECTED_EOF: a client vanishing without close_notify reads
      * as a plain EOF; XMPP's own framing detects truncation. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-                                 SSL_OP_IGNORE_UNEXPECTED_EOF);
+                                 SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                                 SSL_OP_PRIORITIZE_CHACHA);
     SSL_CTX_clear_options(ctx, SSL_OP_NO_TICKET);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
@@ -152,6 +160,7 @@ st_tls_ctx *st_tls_ctx_new(const char *cert_path, const char *key_path, char *er
     }
     t->ctx = ctx_build(cert_path, key_path, err, errlen);
     if (!t->ctx) goto fail;
+    t->hs = st_tlshs_ctx_new(t->ctx, t->hs_why, sizeof t->hs_why);
     return t;
 fail:
     st_free(t);
@@ -167,6 +176,9 @@ int st_tls_ctx_reload(st_tls_ctx *t, const char *cert_path, const char *key_path
      * (SSL_new takes one); this drops only ours. */
     SSL_CTX_free(t->ctx);
     t->ctx = n;
+    /* handshakes under way keep their own reference to the old one */
+    st_tlshs_ctx_unref(t->hs);
+    t->hs = st_tlshs_ctx_new(n, t->hs_why, sizeof t->hs_why);
     return 0;
 }
 
@@ -174,12 +186,23 @@ void st_tls_ctx_free(st_tls_ctx *t)
 {
     if (!t) return;
     SSL_CTX_free(t->ctx);
+    st_tlshs_ctx_unref(t->hs);
     st_free(t);
 }
 
 SSL_CTX *st_tls_ctx_get(const st_tls_ctx *t)
 {
     return t->ctx;
+}
+
+st_tlshs *st_tls_new_hs(st_tls_ctx *t, int direct_tls)
+{
+    return t->hs ? st_tlshs_new(t->hs, direct_tls) : NULL;
+}
+
+const char *st_tls_hs_unavailable(const st_tls_ctx *t)
+{
+    return t->hs ? NULL : t->hs_why;
 }
 
 SSL *st_tls_new_ssl(st_tls_ctx *t, int fd, int direct_tls)
@@ -458,6 +481,11 @@ fail:
 int st_tls_server_end_point(SSL *ssl, unsigned char out[64], size_t *len)
 {
     X509 *cert = SSL_is_server(ssl) ? SSL_get_certificate(ssl) : SSL_get0_peer_certificate(ssl);
+    return st_tls_cert_end_point(cert, out, len);
+}
+
+int st_tls_cert_end_point(X509 *cert, unsigned char out[64], size_t *len)
+{
     int mdnid = NID_undef, pknid = NID_undef;
     unsigned int n = 0;
     if (!cert) return -1;

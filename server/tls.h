@@ -40,6 +40,15 @@ SSL_CTX *st_tls_ctx_get(const st_tls_ctx *t);
  * STARTTLS. The caller owns the SSL (SSL_free). */
 SSL *st_tls_new_ssl(st_tls_ctx *t, int fd, int direct_tls);
 
+/* Our own TLS 1.3 handshake for a new connection (server/tlshs.h), tried
+ * before an SSL: NULL when the current context's key is not one it signs
+ * with (st_tls_hs_unavailable says why) or out of memory; then use
+ * st_tls_new_ssl. On ST_TLSHS_OPENSSL the caller frees it and makes the
+ * SSL on the same socket. */
+struct st_tlshs;
+struct st_tlshs *st_tls_new_hs(st_tls_ctx *t, int direct_tls);
+const char *st_tls_hs_unavailable(const st_tls_ctx *t);
+
 /* First start: if neither file exists, generate an EC P-256 key (mode 0600)
  * and a self-signed X.509 v3 certificate for hostnames[0..n) (CN = the
  * first, a subjectAltName for each, ten years). Missing directories are
@@ -63,6 +72,8 @@ int st_tls_ensure_cert(const char *cert_path, const char *key_path, const char *
  * not track EMS), so it returns -1 on TLS 1.2; the server then does not
  * advertise tls-exporter in its channel-binding list (XEP-0440). */
 int st_tls_server_end_point(SSL *ssl, unsigned char out[64], size_t *len);
+/* The same for a certificate in hand (server/tlshs.c's, computed once). */
+int st_tls_cert_end_point(X509 *cert, unsigned char out[64], size_t *len);
 int st_tls_exporter(SSL *ssl, unsigned char out[32]);
 
 #endif
