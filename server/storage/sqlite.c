@@ -554,9 +554,19 @@ static int sq_open(void **out, const char *dsn, char *err, size_t errlen)
     sqlite3_busy_timeout(h->db, SQ_BUSY_TIMEOUT_MS);
 
     /* journal_mode answers with the mode in force: anything but "wal" means
-     * the file cannot do WAL (e.g. on a network file system). */
+     * the file cannot do WAL (e.g. on a network file system). Switching a
+     * new file needs its exclusive lock, and when several processes open it
+     * at once (starlingctl adduser run in parallel) SQLite answers BUSY at
+     * once, without the busy handler (two shared locks each waiting for the
+     * other would deadlock): so wait and try again, within the timeout. */
     rc = sqlite3_prepare_v2(h->db, "PRAGMA journal_mode = WAL", -1, &st, NULL);
-    if (rc != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    for (int waited = 0; (rc & 0xff) == SQLITE_BUSY && waited < SQ_BUSY_TIMEOUT_MS; waited += 5) {
+        sqlite3_reset(st);
+        sqlite3_sleep(5);
+        rc = sqlite3_step(st);
+    }
+    if (rc != SQLITE_ROW) {
         snprintf(err, errlen, "%s: cannot switch to WAL mode: %s", dsn, sqlite3_errmsg(h->db));
         goto fail;
     }

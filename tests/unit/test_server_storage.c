@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -53,6 +54,57 @@ static void assert_cred_equal(const st_scram_cred *a, const st_scram_cred *b)
     size_t n = st_scram_hash_len(a->hash);
     assert_memory_equal(a->stored_key, b->stored_key, n);
     assert_memory_equal(a->server_key, b->server_key, n);
+}
+
+/* Several processes opening a store that does not exist yet (bench/compare
+ * runs `starlingctl adduser` four at a time on a fresh data directory):
+ * each must get its handle, not "cannot switch to WAL mode: database is
+ * locked". SQLite returns SQLITE_BUSY at once, without the busy handler,
+ * when two connections holding shared locks both want the exclusive lock
+ * the WAL switch needs, so the open retries. Children start together on a
+ * pipe; 6 rounds of 12 processes, each bounded by the store's own timeout. */
+static void test_open_by_many_processes_at_once_on_a_new_file(void **state)
+{
+    fixture *f = *state;
+    enum { ROUNDS = 6, PROCS = 12 };
+    int failed = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        char path[160];
+        snprintf(path, sizeof path, "%s/fresh%d.db", f->dir, round);
+        int go[2];
+        assert_int_equal(pipe(go), 0);
+        pid_t kids[PROCS];
+        for (int i = 0; i < PROCS; i++) {
+            kids[i] = fork();
+            assert_true(kids[i] >= 0);
+            if (kids[i] == 0) {
+                char c, err[256];
+                void *h = NULL;
+                close(go[1]);
+                if (read(go[0], &c, 1) < 0) _exit(3);
+                if (st_store_sqlite.open(&h, path, err, sizeof err) != 0) {
+                    fprintf(stderr, "open by process %d: %s\n", i, err);
+                    _exit(1);
+                }
+                st_store_sqlite.close(h);
+                _exit(0);
+            }
+        }
+        close(go[0]);
+        close(go[1]); /* all start now */
+        for (int i = 0; i < PROCS; i++) {
+            int status = 0;
+            assert_int_equal(waitpid(kids[i], &status, 0), kids[i]);
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) failed++;
+        }
+        const char *suffix[] = {"", "-wal", "-shm"};
+        for (size_t i = 0; i < 3; i++) {
+            char q[180];
+            snprintf(q, sizeof q, "%s%s", path, suffix[i]);
+            unlink(q);
+        }
+    }
+    assert_int_equal(failed, 0);
 }
 
 static void test_store_find_knows_sqlite(void **state)
@@ -1480,6 +1532,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_store_find_knows_sqlite),
+        cmocka_unit_test_setup_teardown(test_open_by_many_processes_at_once_on_a_new_file, setup,
+                                        teardown),
         cmocka_unit_test(test_creds_make_both_hashes_default_iterations),
         cmocka_unit_test_setup_teardown(test_user_create_get_duplicate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_set_creds, setup, teardown),
