@@ -63,13 +63,14 @@ $(BUILD)/starlingctl: $(CTL_OBJ) $(BUILD)/libstarling-server.a $(BUILD)/libstarl
 	$(CC) $(LDSAN) -o $@ $^ $(LIBS)
 
 # tests/unit/test_server_*.c test server code; the others only the core.
-$(BUILD)/tests/test_server_%: tests/unit/test_server_%.c $(BUILD)/libstarling-server.a $(BUILD)/libstarling-core.a
+# The shared test headers (tests/unit/*.h) are prerequisites, not inputs.
+$(BUILD)/tests/test_server_%: tests/unit/test_server_%.c $(BUILD)/libstarling-server.a $(BUILD)/libstarling-core.a $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDSAN) -o $@ $^ -lcmocka $(LIBS)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDSAN) -o $@ $(filter-out %.h,$^) -lcmocka $(LIBS)
 
-$(BUILD)/tests/test_%: tests/unit/test_%.c $(BUILD)/libstarling-core.a
+$(BUILD)/tests/test_%: tests/unit/test_%.c $(BUILD)/libstarling-core.a $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDSAN) -o $@ $^ -lcmocka $(LIBS)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDSAN) -o $@ $(filter-out %.h,$^) -lcmocka $(LIBS)
 
 # Integration helpers written in C (e.g. the libstrophe client).
 $(BUILD)/tests/%: tests/integration/%.c
@@ -85,11 +86,11 @@ FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -Iinclude -I. -fsanitize=fuzzer,a
 # context, so all five link server/ too.
 FUZZ_SERVER_BIN := build-fuzz/fuzz_c2s build-fuzz/fuzz_config build-fuzz/fuzz_stanzas build-fuzz/fuzz_tlsrec \
                    build-fuzz/fuzz_tlshs
-$(FUZZ_SERVER_BIN): build-fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(SERVER_SRC) $(wildcard include/starling/*.h server/*.h server/*/*.h)
+$(FUZZ_SERVER_BIN): build-fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(SERVER_SRC) $(wildcard include/starling/*.h server/*.h server/*/*.h tests/fuzz/*.h)
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(CORE_SRC) $(SERVER_SRC) $(LIBS)
 
-build-fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard include/starling/*.h core/*.h)
+build-fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard include/starling/*.h core/*.h tests/fuzz/*.h)
 	@mkdir -p build-fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $< $(CORE_SRC) $(LIBS)
 
@@ -140,7 +141,7 @@ test: deps
 	@sh scripts/test.sh all
 
 format:
-	clang-format -i $(wildcard include/starling/*.h core/*.[ch] server/*.[ch] server/*/*.[ch] ctl/*.[ch] tests/unit/*.c tests/fuzz/*.c)
+	clang-format -i $(wildcard include/starling/*.h core/*.[ch] server/*.[ch] server/*/*.[ch] ctl/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch])
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -61,6 +61,7 @@
 #include "server/tls.h"
 #include "server/tlshs.h"
 #include "server/tlsrec.h"
+#include "tls13_fuzz.h"
 
 #define LOG_MAX (1u << 20)
 #define MAX_CT (16384 + 256)
@@ -123,37 +124,10 @@ static void keylog_cb(const SSL *ssl, const char *line)
     else if (strncmp(line, "SERVER_TRAFFIC_SECRET_0 ", l = 24) == 0)
         dst = f->sap, len = &f->saplen;
     if (!dst || !(sp = strchr(line + l, ' '))) return;
-    sp++;
-    size_t n = 0;
-    while (sp[0] && sp[1] && n < 48) {
-        unsigned v;
-        if (sscanf(sp, "%2x", &v) != 1) break;
-        dst[n++] = (unsigned char)v;
-        sp += 2;
-    }
-    *len = n;
+    *len = hex_secret(sp + 1, dst, 48);
 }
 
-/* ---- HKDF-Expand-Label (RFC 8446 §7.1) and sealing (§5.2) ---- */
-
-static void expand_label(const EVP_MD *md, const unsigned char *secret, size_t slen,
-                         const char *label, unsigned char *out, size_t outlen)
-{
-    unsigned char info[64], t[EVP_MAX_MD_SIZE];
-    size_t il = 0, ll = strlen(label);
-    unsigned int ml = 0;
-    info[il++] = (unsigned char)(outlen >> 8);
-    info[il++] = (unsigned char)outlen;
-    info[il++] = (unsigned char)(6 + ll);
-    memcpy(info + il, "tls13 ", 6);
-    il += 6;
-    memcpy(info + il, label, ll);
-    il += ll;
-    info[il++] = 0;
-    info[il++] = 1; /* outlen <= Hash.length: one block */
-    if (!HMAC(md, secret, (int)slen, info, il, t, &ml) || ml < outlen) abort();
-    memcpy(out, t, outlen);
-}
+/* ---- keys (RFC 8446 §7.3; expand_label in tls13_fuzz.h) and sealing (§5.2) ---- */
 
 static void keys_for(fz *f, const unsigned char *secret, size_t slen, unsigned char *key,
                      unsigned char *iv)
@@ -451,45 +425,34 @@ static void check_client_reads(fz *f)
 static void init(void)
 {
     static char dir[] = "/tmp/fuzz-tlshs-XXXXXX";
-    char cert[256], key[256], err[512];
-    static const char *const hosts[] = {"example.org"};
-    signal(SIGPIPE, SIG_IGN);
-    if (!mkdtemp(dir)) abort();
-    snprintf(cert, sizeof cert, "%s/cert.pem", dir);
-    snprintf(key, sizeof key, "%s/key.pem", dir);
-    if (st_tls_ensure_cert(cert, key, hosts, 1, err, sizeof err) != 0) abort();
-    tls = st_tls_ctx_new(cert, key, err, sizeof err);
-    if (!tls) abort();
+    char err[512];
+    tls = fuzz_tls_ctx(dir);
     hsx = st_tlshs_ctx_new(st_tls_ctx_get(tls), err, sizeof err);
     if (!hsx) abort();
-    unlink(cert);
-    unlink(key);
-    rmdir(dir);
-    for (int i = 0; i < 3; i++) {
-        SSL_CTX *c = SSL_CTX_new(TLS_client_method());
-        if (!c) abort();
-        SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
-        SSL_CTX_set_ciphersuites(c, suites[i]);
-        SSL_CTX_set_verify(c, SSL_VERIFY_NONE, NULL);
-        SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
-        SSL_CTX_set_keylog_callback(c, keylog_cb);
-        cctx[i] = c;
-    }
+    for (int i = 0; i < 3; i++)
+        cctx[i] = fuzz_client_ctx(suites[i], TLS1_2_VERSION, keylog_cb, NULL);
+}
+
+/* A connection over a new socketpair with its st_tlshs on hsx. */
+static fz *fz_new(int direct)
+{
+    fz *f = calloc(1, sizeof *f);
+    int sv[2];
+    if (!f || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) abort();
+    f->sfd = sv[0], f->cfd = sv[1];
+    fcntl(f->sfd, F_SETFL, O_NONBLOCK);
+    fcntl(f->cfd, F_SETFL, O_NONBLOCK);
+    f->log = malloc(LOG_MAX);
+    f->h = st_tlshs_new(hsx, direct);
+    if (!f->log || !f->h) abort();
+    return f;
 }
 
 /* One genuine handshake per suite, for the tickets bit 6 resumes. */
 static void get_tickets(void)
 {
     for (int s = 0; s < 3; s++) {
-        fz *f = calloc(1, sizeof *f);
-        int sv[2];
-        if (!f || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) abort();
-        f->sfd = sv[0], f->cfd = sv[1];
-        fcntl(f->sfd, F_SETFL, O_NONBLOCK);
-        fcntl(f->cfd, F_SETFL, O_NONBLOCK);
-        f->log = malloc(LOG_MAX);
-        f->h = st_tlshs_new(hsx, 0);
-        if (!f->log || !f->h) abort();
+        fz *f = fz_new(0);
         client_new(f, (uint8_t)(1 | s << 2));
         unsigned char buf[4096];
         SSL_connect(f->c);
@@ -523,17 +486,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ready = 1;
     }
     if (size < 1) return 0;
-    fz *f = calloc(1, sizeof *f);
-    int sv[2];
-    if (!f || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) abort();
-    f->sfd = sv[0], f->cfd = sv[1];
-    fcntl(f->sfd, F_SETFL, O_NONBLOCK);
-    fcntl(f->cfd, F_SETFL, O_NONBLOCK);
-    f->log = malloc(LOG_MAX);
-    if (!f->log) abort();
     uint8_t flags = data[0];
-    f->h = st_tlshs_new(hsx, flags >> 1 & 1);
-    if (!f->h) abort();
+    fz *f = fz_new(flags >> 1 & 1);
     if (st_tlshs_cipher(f->h) || st_tlshs_error(f->h) || st_tlshs_finish(f->h)) abort();
     size_t i = 1;
 

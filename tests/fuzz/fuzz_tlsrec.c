@@ -59,6 +59,7 @@
 #include <openssl/ssl.h>
 #include "server/tls.h"
 #include "server/tlsrec.h"
+#include "tls13_fuzz.h"
 
 #define MAX_CT (16384 + 256)
 #define MAX_RECORD (5 + MAX_CT)
@@ -118,15 +119,7 @@ static void keylog_cb(const SSL *ssl, const char *line)
     const char *sp;
     if (!k || strncmp(line, "CLIENT_TRAFFIC_SECRET_0 ", 24) != 0) return;
     if (!(sp = strchr(line + 24, ' '))) return;
-    sp++;
-    size_t n = 0;
-    while (sp[0] && sp[1] && n < sizeof k->secret) {
-        unsigned v;
-        if (sscanf(sp, "%2x", &v) != 1) break;
-        k->secret[n++] = (unsigned char)v;
-        sp += 2;
-    }
-    k->secret_len = n;
+    k->secret_len = hex_secret(sp + 1, k->secret, sizeof k->secret);
 }
 
 static void info_cb(const SSL *ssl, int where, int ret)
@@ -139,51 +132,13 @@ static void info_cb(const SSL *ssl, int where, int ret)
 static void init(void)
 {
     static char dir[] = "/tmp/fuzz-tlsrec-XXXXXX";
-    char cert[256], key[256], err[512];
-    static const char *const hosts[] = {"example.org"};
-    signal(SIGPIPE, SIG_IGN);
-    if (!mkdtemp(dir)) abort();
-    snprintf(cert, sizeof cert, "%s/cert.pem", dir);
-    snprintf(key, sizeof key, "%s/key.pem", dir);
-    if (st_tls_ensure_cert(cert, key, hosts, 1, err, sizeof err) != 0) abort();
-    tls = st_tls_ctx_new(cert, key, err, sizeof err);
-    if (!tls || st_tlsrec_prepare_ctx(st_tls_ctx_get(tls)) != 0) abort();
-    unlink(cert);
-    unlink(key);
-    rmdir(dir);
-    for (int i = 0; i < 3; i++) {
-        SSL_CTX *c = SSL_CTX_new(TLS_client_method());
-        if (!c) abort();
-        SSL_CTX_set_min_proto_version(c, TLS1_3_VERSION);
-        SSL_CTX_set_ciphersuites(c, suites[i]);
-        SSL_CTX_set_verify(c, SSL_VERIFY_NONE, NULL);
-        SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
-        SSL_CTX_set_keylog_callback(c, keylog_cb);
-        SSL_CTX_set_info_callback(c, info_cb);
-        cctx[i] = c;
-    }
+    tls = fuzz_tls_ctx(dir);
+    if (st_tlsrec_prepare_ctx(st_tls_ctx_get(tls)) != 0) abort();
+    for (int i = 0; i < 3; i++)
+        cctx[i] = fuzz_client_ctx(suites[i], TLS1_3_VERSION, keylog_cb, info_cb);
 }
 
-/* ---- HKDF-Expand-Label (RFC 8446 §7.1) and sealing (§5.2) ---- */
-
-static void expand_label(const EVP_MD *md, const unsigned char *secret, size_t slen,
-                         const char *label, unsigned char *out, size_t outlen)
-{
-    unsigned char info[64], t[EVP_MAX_MD_SIZE];
-    size_t il = 0, ll = strlen(label);
-    unsigned int ml = 0;
-    info[il++] = (unsigned char)(outlen >> 8);
-    info[il++] = (unsigned char)outlen;
-    info[il++] = (unsigned char)(6 + ll);
-    memcpy(info + il, "tls13 ", 6);
-    il += 6;
-    memcpy(info + il, label, ll);
-    il += ll;
-    info[il++] = 0;
-    info[il++] = 1; /* outlen <= Hash.length: one block */
-    if (!HMAC(md, secret, (int)slen, info, il, t, &ml) || ml < outlen) abort();
-    memcpy(out, t, outlen);
-}
+/* ---- keys (RFC 8446 §7.2, §7.3; expand_label in tls13_fuzz.h) and sealing (§5.2) ---- */
 
 static void derive(conn *k)
 {

@@ -8,7 +8,9 @@
  * loopback TCP): the server end is driven by st_tlshs_step on its fd; the
  * client end is plain OpenSSL, reading from its socket and writing into a
  * memory BIO that the harness moves to the socket (c_flush), so a test can
- * hold the client's bytes, deliver them in pieces, or replace them.
+ * hold the client's bytes, deliver them in pieces, or replace them. That
+ * client end, and the rest of the harness this file shares with
+ * test_server_tlsrec.c, is in tls13_client.h and tls13_harness.h.
  *
  * On ST_TLSHS_OPENSSL the harness checks the header's promise first: the
  * server socket holds exactly the bytes the client wrote (recv MSG_PEEK,
@@ -18,8 +20,8 @@
  *
  * The hostile second flights need records OpenSSL would never send. The
  * client SSL_CTX has a keylog callback, and key and IV come from
- * HKDF-Expand-Label (RFC 8446 §7.1, §7.3) written here with OpenSSL's
- * HMAC, independently of server/tlshs.c. The harness decrypts the client's
+ * HKDF-Expand-Label (RFC 8446 §7.1, §7.3) written with OpenSSL's HMAC in
+ * tls13_harness.h, independently of server/tlshs.c. The harness decrypts the client's
  * own Finished with CLIENT_HANDSHAKE_TRAFFIC_SECRET (checked by
  * harness_handshake_keys_open_the_clients_finished) and seals variants of
  * it; the server's alert is read by the client's OpenSSL, and also opened
@@ -56,26 +58,16 @@
 #include "server/tls.h"
 #include "server/tlshs.h"
 #include "server/tlsrec.h"
+#define TLS13_HARNESS_DIR "/tmp/st-tlshs-test-XXXXXX"
+#include "tls13_harness.h"
 
-#define MAX_CIPHERTEXT (16384 + 256) /* RFC 8446 §5.2 */
-#define MAX_RECORD (5 + MAX_CIPHERTEXT)
 #define LOGMAX 65536 /* what the harness remembers of the client's bytes */
 #define SPINS 300    /* upper bound for "until nothing more happens" loops */
 
-/* alert descriptions, RFC 8446 §6 */
+/* what a test expects besides the alerts of tls13_harness.h */
 enum {
-    A_CLOSE_NOTIFY = 0,
-    A_UNEXPECTED_MESSAGE = 10,
-    A_BAD_RECORD_MAC = 20,
-    A_RECORD_OVERFLOW = 22,
-    A_HANDSHAKE_FAILURE = 40,
-    A_ILLEGAL_PARAMETER = 47,
-    A_DECODE_ERROR = 50,
-    A_DECRYPT_ERROR = 51,
-    A_NONE = -1,          /* no alert back: the client sent a fatal one */
-    A_ANY = -2,           /* over; the RFC names no alert (EOF) */
-    A_UNEXP_OR_NONE = -4, /* unexpected_message, or taken as the alert it is */
-    WORKS = -10,          /* not fatal: the handshake completes */
+    A_ANY = -2,  /* over; the RFC names no alert (EOF) */
+    WORKS = -10, /* not fatal: the handshake completes */
 };
 
 enum { G_X25519 = 0x001d, G_P256 = 0x0017, G_P384 = 0x0018 };
@@ -91,30 +83,11 @@ enum {
     EXT_KEY_SHARE = 0x0033,
 };
 
-static const char *const suites[] = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
-                                     "TLS_CHACHA20_POLY1305_SHA256"};
-static const unsigned suite_ids[] = {0x1301, 0x1302, 0x1303};
-#define NSUITES 3
+static const unsigned suite_ids[] = {0x1301, 0x1302, 0x1303}; /* of suites[] */
 
-static char base[] = "/tmp/st-tlshs-test-XXXXXX";
-static char cert_path[256], key_path[256], rsa_cert[256], rsa_key[256];
-static st_tls_ctx *tls, *tls_rsa;
-static st_tlshs_ctx *hsx; /* from tls, for most tests */
-
-/* ---- keys (RFC 8446 §7.1, §7.3), written here independently ---- */
-
-typedef struct secret {
-    unsigned char b[48];
-    size_t n;
-} secret;
-
-typedef struct keys {
-    const EVP_CIPHER *aead;
-    const EVP_MD *md;
-    size_t keylen;
-    unsigned char key[32], iv[12];
-    uint64_t seq;
-} keys;
+static char rsa_cert[256], rsa_key[256];
+static st_tls_ctx *tls_rsa; /* on rsa_cert, rsa_key */
+static st_tlshs_ctx *hsx;   /* from tls, for most tests */
 
 /* ---- the client end ---- */
 
@@ -174,103 +147,27 @@ typedef struct opts {
     int allow_null;       /* st_tlshs_new may return NULL (allocation torture) */
 } opts;
 
-/* What a test holds, so that a failed assertion (a longjmp out of the
- * test) still frees it in cleanup() and ASan reports only real leaks. */
-static conn pool[3];
-static int pool_used[3];
-static void *tracked[32];
-static SSL_CTX *ctxs[8];
-static SSL_SESSION *sessions[4];
-static st_tlshs_ctx *xs[4];
+#define NCONN 3
+#include "tls13_client.h"
 
-static conn *conn_new(void)
+static void free_session(void *s)
 {
-    for (int i = 0; i < 3; i++)
-        if (!pool_used[i]) {
-            pool_used[i] = 1;
-            memset(&pool[i], 0, sizeof pool[i]);
-            pool[i].sfd = pool[i].c.fd = -1;
-            return &pool[i];
-        }
-    fail_msg("conn pool exhausted");
-    return NULL;
-}
-
-static void *tmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    assert_non_null(p);
-    for (int i = 0; i < 32; i++)
-        if (!tracked[i]) {
-            tracked[i] = p;
-            return p;
-        }
-    fail_msg("too many buffers");
-    return NULL;
-}
-
-static void tfree(void *p)
-{
-    for (int i = 0; i < 32; i++)
-        if (tracked[i] == p) tracked[i] = NULL;
-    free(p);
-}
-
-static SSL_CTX *ctx_track(SSL_CTX *x)
-{
-    assert_non_null(x);
-    for (int i = 0; i < 8; i++)
-        if (!ctxs[i]) {
-            ctxs[i] = x;
-            return x;
-        }
-    fail_msg("too many contexts");
-    return NULL;
-}
-
-static void ctx_free(SSL_CTX *x)
-{
-    for (int i = 0; i < 8; i++)
-        if (ctxs[i] == x) ctxs[i] = NULL;
-    SSL_CTX_free(x);
+    SSL_SESSION_free(s);
 }
 
 static SSL_SESSION *sess_track(SSL_SESSION *s)
 {
-    assert_non_null(s);
-    for (int i = 0; i < 4; i++)
-        if (!sessions[i]) {
-            sessions[i] = s;
-            return s;
-        }
-    fail_msg("too many sessions");
-    return NULL;
+    return track(s, free_session);
 }
 
-static void sess_free(SSL_SESSION *s)
+static void free_tlshs_ctx(void *x)
 {
-    for (int i = 0; i < 4; i++)
-        if (sessions[i] == s) sessions[i] = NULL;
-    SSL_SESSION_free(s);
+    st_tlshs_ctx_unref(x);
 }
 
 static st_tlshs_ctx *x_track(st_tlshs_ctx *x)
 {
-    assert_non_null(x);
-    for (int i = 0; i < 4; i++)
-        if (!xs[i]) {
-            xs[i] = x;
-            return x;
-        }
-    fail_msg("too many st_tlshs_ctx");
-    return NULL;
-}
-
-static void x_free(st_tlshs_ctx *x)
-{
-    for (int i = 0; i < 4; i++)
-        if (xs[i] == x) xs[i] = NULL;
-    st_tlshs_ctx_unref(x);
+    return track(x, free_tlshs_ctx);
 }
 
 static st_tlshs_ctx *x_new(st_tls_ctx *t)
@@ -279,18 +176,6 @@ static st_tlshs_ctx *x_new(st_tls_ctx *t)
     st_tlshs_ctx *x = st_tlshs_ctx_new(st_tls_ctx_get(t), err, sizeof err);
     if (!x) print_error("st_tlshs_ctx_new: %s\n", err);
     return x_track(x);
-}
-
-static void hex_decode(const char *h, secret *s)
-{
-    size_t n = 0;
-    while (h[0] && h[1] && n < sizeof s->b) {
-        unsigned v;
-        if (sscanf(h, "%2x", &v) != 1) break;
-        s->b[n++] = (unsigned char)v;
-        h += 2;
-    }
-    s->n = n;
 }
 
 static void keylog_cb(const SSL *ssl, const char *line)
@@ -309,17 +194,10 @@ static void keylog_cb(const SSL *ssl, const char *line)
     for (size_t i = 0; i < sizeof labels / sizeof *labels; i++) {
         size_t l = strlen(labels[i].label);
         const char *sp;
-        if (strncmp(line, labels[i].label, l) == 0 && (sp = strchr(line + l, ' ')))
-            hex_decode(sp + 1, (secret *)((char *)c + labels[i].off));
-    }
-}
-
-static void info_cb(const SSL *ssl, int where, int ret)
-{
-    client *c = SSL_get_app_data(ssl);
-    if (c && (where & SSL_CB_ALERT) && (where & SSL_CB_READ)) { /* not SSL_CB_WRITE_ALERT */
-        c->alert = ret & 0xff;
-        c->alert_level = ret >> 8;
+        if (strncmp(line, labels[i].label, l) == 0 && (sp = strchr(line + l, ' '))) {
+            secret *s = (secret *)((char *)c + labels[i].off);
+            hex_decode(sp + 1, s->b, &s->n, sizeof s->b);
+        }
     }
 }
 
@@ -334,27 +212,6 @@ static void msg_cb(int write_p, int version, int type, const void *buf, size_t l
         c->tickets++;
         if (len >= 8) c->ticket_lifetime = (uint32_t)b[4] << 24 | b[5] << 16 | b[6] << 8 | b[7];
     }
-}
-
-static SSL_CTX *client_ctx(const char *suite, int max_version)
-{
-    SSL_CTX *x = ctx_track(SSL_CTX_new(TLS_client_method()));
-    assert_int_equal(SSL_CTX_set_min_proto_version(x, TLS1_2_VERSION), 1);
-    assert_int_equal(SSL_CTX_set_max_proto_version(x, max_version ? max_version : TLS1_3_VERSION),
-                     1);
-    if (suite) assert_int_equal(SSL_CTX_set_ciphersuites(x, suite), 1);
-    SSL_CTX_set_verify(x, SSL_VERIFY_NONE, NULL); /* self-signed */
-    SSL_CTX_set_session_cache_mode(x, SSL_SESS_CACHE_CLIENT);
-    SSL_CTX_set_mode(x, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_CTX_set_keylog_callback(x, keylog_cb);
-    SSL_CTX_set_info_callback(x, info_cb);
-    SSL_CTX_set_msg_callback(x, msg_cb);
-    return x;
-}
-
-static void nonblock(int fd)
-{
-    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
 }
 
 static int queued(int fd)
@@ -374,22 +231,6 @@ static void wait_queued(int fd, int n, int ms)
         if (queued(fd) >= n) break;
         usleep(1000);
     }
-}
-
-static void wire_append(client *c, const void *p, size_t n)
-{
-    if (n == 0) return;
-    if (c->woff + c->wlen + n > c->wcap) {
-        if (c->wlen) memmove(c->wire, c->wire + c->woff, c->wlen);
-        c->woff = 0;
-        if (c->wlen + n > c->wcap) {
-            c->wcap = (c->wlen + n) * 2;
-            c->wire = realloc(c->wire, c->wcap);
-            assert_non_null(c->wire);
-        }
-    }
-    memcpy(c->wire + c->woff + c->wlen, p, n);
-    c->wlen += n;
 }
 
 static void log_sent(client *c, const unsigned char *p, size_t n)
@@ -427,13 +268,6 @@ static int c_flush(conn *k)
     return c->wlen == 0;
 }
 
-/* Bytes to the server socket as they are (not from the client SSL). */
-static void send_raw(conn *k, const void *p, size_t n)
-{
-    wire_append(&k->c, p, n);
-    c_flush(k);
-}
-
 /* One step of the client's handshake, then c_flush. */
 static void c_connect(conn *k)
 {
@@ -450,36 +284,11 @@ static void c_connect(conn *k)
     c_flush(k);
 }
 
-/* Client SSL_write of all n bytes (into the memory BIO), then c_flush. */
-static void c_write(conn *k, const void *p, size_t n)
-{
-    size_t off = 0;
-    for (int i = 0; i < SPINS && off < n; i++) {
-        int w = SSL_write(k->c.ssl, (const char *)p + off, (int)(n - off));
-        assert_true(w > 0);
-        off += (size_t)w;
-    }
-    assert_int_equal(off, n);
-    c_flush(k);
-}
-
 /* Whatever the client can read now, appended at out[*got] (at most cap). */
 static void c_read(conn *k, unsigned char *out, size_t cap, size_t *got)
 {
     if (k->tcp) wait_queued(k->c.fd, 1, 50);
-    for (int i = 0; i < 10000 && *got < cap; i++) {
-        int r = SSL_read(k->c.ssl, out + *got, (int)(cap - *got));
-        if (r > 0) {
-            *got += (size_t)r;
-            continue;
-        }
-        int e = SSL_get_error(k->c.ssl, r);
-        if (e == SSL_ERROR_ZERO_RETURN)
-            k->c.zero_return = 1;
-        else if (e != SSL_ERROR_WANT_READ)
-            k->c.failed = e;
-        break;
-    }
+    c_read_now(k, out, cap, got);
 }
 
 static void c_expect(conn *k, const void *p, size_t n)
@@ -619,8 +428,7 @@ static void conn_start(conn *k, SSL_CTX *cctx, const opts *o)
 {
     static const opts none;
     if (!o) o = &none;
-    for (int i = 0; i < 3; i++)
-        if (k == &pool[i]) pool_used[i] = 1;
+    pool_mark(k, 1);
     make_pair(k, o->tcp);
     k->tcp = o->tcp;
     k->direct = o->direct;
@@ -635,16 +443,7 @@ static void conn_start(conn *k, SSL_CTX *cctx, const opts *o)
     }
 
     client *c = &k->c;
-    c->ssl = SSL_new(cctx);
-    assert_non_null(c->ssl);
-    BIO *in = BIO_new_socket(c->fd, BIO_NOCLOSE);
-    c->out = BIO_new(BIO_s_mem());
-    assert_non_null(in);
-    assert_non_null(c->out);
-    SSL_set_bio(c->ssl, in, c->out);
-    SSL_set_app_data(c->ssl, c);
-    SSL_set_connect_state(c->ssl);
-    SSL_set_tlsext_host_name(c->ssl, "example.org");
+    client_ssl_new(k, cctx);
     if (o->resume) assert_int_equal(SSL_set_session(c->ssl, o->resume), 1);
     if (o->groups) assert_int_equal(SSL_set1_groups_list(c->ssl, o->groups), 1);
     if (o->sigalgs) assert_int_equal(SSL_set1_sigalgs_list(c->ssl, o->sigalgs), 1);
@@ -661,31 +460,15 @@ static void conn_close(conn *k)
     /* SSL_free without a shutdown makes OpenSSL's client mark its session
      * not resumable; the tests keep sessions to resume them */
     if (k->c.ssl) SSL_set_shutdown(k->c.ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
-    SSL_free(k->c.ssl);
-    if (k->sfd >= 0) close(k->sfd);
-    if (k->c.fd >= 0) close(k->c.fd);
-    free(k->c.wire);
-    ERR_clear_error();
-    memset(k, 0, sizeof *k);
-    k->sfd = k->c.fd = -1;
-    for (int i = 0; i < 3; i++)
-        if (k == &pool[i]) pool_used[i] = 0;
+    conn_release(k);
 }
 
 /* per-test teardown: whatever a failed test left behind */
 static int cleanup(void **state)
 {
     st_set_alloc_hooks(NULL);
-    for (int i = 0; i < 3; i++)
-        if (pool_used[i]) conn_close(&pool[i]);
-    for (int i = 0; i < 32; i++)
-        tfree(tracked[i]);
-    for (int i = 0; i < 8; i++)
-        if (ctxs[i]) ctx_free(ctxs[i]);
-    for (int i = 0; i < 4; i++)
-        if (sessions[i]) sess_free(sessions[i]);
-    for (int i = 0; i < 4; i++)
-        if (xs[i]) x_free(xs[i]);
+    pool_close_all();
+    tfree_all();
     return 0;
 }
 
@@ -749,17 +532,6 @@ static void s_write(conn *k, const void *p, size_t n)
     for (int i = 0; i < SPINS && st_tlsrec_unsent(k->rec); i++)
         assert_true(st_tlsrec_write(k->rec, k->sfd, NULL, 0) >= 0);
     assert_int_equal(st_tlsrec_unsent(k->rec), 0);
-}
-
-/* Data both ways through the st_tlsrec; the client reads the ticket
- * before the server's first record. */
-static void exchange(conn *k)
-{
-    static const char hello[] = "<stream:features/>", x[] = "<iq type='get' id='1'/>";
-    s_write(k, hello, sizeof hello - 1);
-    c_expect(k, hello, sizeof hello - 1);
-    c_write(k, x, sizeof x - 1);
-    s_expect(k, x, sizeof x - 1);
 }
 
 /* Both close: ours is zero_return for the client, the client's ends our
@@ -939,129 +711,10 @@ static SSL_SESSION *get_ticket(SSL_CTX *cctx, st_tlshs_ctx *x)
 
 /* ---- record crafting (RFC 8446 §5.2, §7.1, §7.3) ---- */
 
-static void hkdf_expand_label_ctx(const EVP_MD *md, const unsigned char *secret, size_t slen,
-                                  const char *label, const unsigned char *ctx, size_t ctxlen,
-                                  unsigned char *out, size_t outlen)
-{
-    unsigned char info[2 + 1 + 255 + 1 + 255], t[EVP_MAX_MD_SIZE],
-        in[EVP_MAX_MD_SIZE + sizeof info + 1];
-    size_t il = 0, tlen = 0, done = 0, lablen = strlen(label);
-    unsigned char ctr = 1;
-    info[il++] = (unsigned char)(outlen >> 8);
-    info[il++] = (unsigned char)outlen;
-    info[il++] = (unsigned char)(6 + lablen);
-    memcpy(info + il, "tls13 ", 6);
-    il += 6;
-    memcpy(info + il, label, lablen);
-    il += lablen;
-    info[il++] = (unsigned char)ctxlen;
-    if (ctxlen) memcpy(info + il, ctx, ctxlen);
-    il += ctxlen;
-    while (done < outlen) {
-        unsigned int ml = 0;
-        size_t n = tlen;
-        memcpy(in, t, tlen);
-        memcpy(in + n, info, il);
-        n += il;
-        in[n++] = ctr++;
-        assert_non_null(HMAC(md, secret, (int)slen, in, n, t, &ml));
-        tlen = ml;
-        size_t take = tlen < outlen - done ? tlen : outlen - done;
-        memcpy(out + done, t, take);
-        done += take;
-    }
-}
-
-static void hkdf_expand_label(const EVP_MD *md, const unsigned char *secret, size_t slen,
-                              const char *label, unsigned char *out, size_t outlen)
-{
-    hkdf_expand_label_ctx(md, secret, slen, label, NULL, 0, out, outlen);
-}
-
 /* Keys for the client's negotiated suite from one of the keylog secrets. */
 static void keys_from(conn *k, const secret *s, keys *out)
 {
-    const char *name = SSL_CIPHER_standard_name(SSL_get_current_cipher(k->c.ssl));
-    memset(out, 0, sizeof *out);
-    if (strcmp(name, "TLS_AES_128_GCM_SHA256") == 0) {
-        out->aead = EVP_aes_128_gcm(), out->md = EVP_sha256(), out->keylen = 16;
-    } else if (strcmp(name, "TLS_AES_256_GCM_SHA384") == 0) {
-        out->aead = EVP_aes_256_gcm(), out->md = EVP_sha384(), out->keylen = 32;
-    } else {
-        assert_string_equal(name, "TLS_CHACHA20_POLY1305_SHA256");
-        out->aead = EVP_chacha20_poly1305(), out->md = EVP_sha256(), out->keylen = 32;
-    }
-    assert_int_equal(s->n, (size_t)EVP_MD_get_size(out->md));
-    hkdf_expand_label(out->md, s->b, s->n, "key", out->key, out->keylen);
-    hkdf_expand_label(out->md, s->b, s->n, "iv", out->iv, 12);
-}
-
-static void nonce(const keys *x, uint64_t seq, unsigned char out[12])
-{
-    memcpy(out, x->iv, 12);
-    for (int i = 0; i < 8; i++)
-        out[11 - i] ^= (unsigned char)(seq >> (8 * i));
-}
-
-/* Seal TLSInnerPlaintext = content || type || pad zeros into c->last under
- * x at x->seq++; type -1: no type byte. */
-static void seal(client *c, keys *x, int type, const void *content, size_t n, size_t pad)
-{
-    size_t inner = n + (type >= 0) + pad;
-    unsigned char *pt = tmalloc(inner + 1), nc[12];
-    int l;
-    memset(pt, 0, inner + 1);
-    assert_true(5 + inner + 16 <= sizeof c->last);
-    if (n) memcpy(pt, content, n);
-    if (type >= 0) pt[n] = (unsigned char)type;
-    unsigned char *r = c->last;
-    size_t len = inner + 16;
-    r[0] = 23, r[1] = 3, r[2] = 3, r[3] = (unsigned char)(len >> 8), r[4] = (unsigned char)len;
-    nonce(x, x->seq++, nc);
-    EVP_CIPHER_CTX *e = EVP_CIPHER_CTX_new();
-    assert_non_null(e);
-    assert_int_equal(EVP_EncryptInit_ex(e, x->aead, NULL, x->key, nc), 1);
-    assert_int_equal(EVP_EncryptUpdate(e, NULL, &l, r, 5), 1);
-    assert_int_equal(EVP_EncryptUpdate(e, r + 5, &l, pt, (int)inner), 1);
-    assert_int_equal(EVP_EncryptFinal_ex(e, r + 5 + l, &l), 1);
-    assert_int_equal(EVP_CIPHER_CTX_ctrl(e, EVP_CTRL_AEAD_GET_TAG, 16, r + 5 + inner), 1);
-    EVP_CIPHER_CTX_free(e);
-    c->lastlen = 5 + len;
-    tfree(pt);
-}
-
-/* Open one record under x at sequence seq: the inner content type, the
- * content into out. -1 if it does not open. */
-static int open_record(const keys *x, uint64_t seq, const unsigned char *r, size_t rlen,
-                       unsigned char *out, size_t *outlen)
-{
-    unsigned char nc[12];
-    int l, ok;
-    if (rlen < 5 + 17 || r[0] != 23) return -1;
-    size_t len = ((size_t)r[3] << 8) | r[4];
-    if (len + 5 != rlen) return -1;
-    nonce(x, seq, nc);
-    EVP_CIPHER_CTX *e = EVP_CIPHER_CTX_new();
-    assert_non_null(e);
-    ok = EVP_DecryptInit_ex(e, x->aead, NULL, x->key, nc) == 1 &&
-         EVP_DecryptUpdate(e, NULL, &l, r, 5) == 1 &&
-         EVP_DecryptUpdate(e, out, &l, r + 5, (int)(len - 16)) == 1 &&
-         EVP_CIPHER_CTX_ctrl(e, EVP_CTRL_AEAD_SET_TAG, 16, (void *)(r + rlen - 16)) == 1 &&
-         EVP_DecryptFinal_ex(e, out + l, &l) == 1;
-    EVP_CIPHER_CTX_free(e);
-    if (!ok) return -1;
-    size_t n = len - 16;
-    while (n > 0 && out[n - 1] == 0)
-        n--;
-    if (n == 0) return -1;
-    *outlen = n - 1;
-    return out[n - 1];
-}
-
-static void send_rec(conn *k, int type, const void *content, size_t n, size_t pad)
-{
-    seal(&k->c, &k->c.k, type, content, n, pad);
-    send_raw(k, k->c.last, k->c.lastlen);
+    keys_from_secret(k->c.ssl, s->b, s->n, out);
 }
 
 /* records in a byte string: offsets and lengths (header included) */
@@ -1448,22 +1101,9 @@ static int write_key_cert(EVP_PKEY *key, const char *cp, const char *kp)
 static int setup(void **state)
 {
     char err[512];
-    signal(SIGPIPE, SIG_IGN);
-    if (!mkdtemp(base)) return -1;
-    snprintf(cert_path, sizeof cert_path, "%s/cert.pem", base);
-    snprintf(key_path, sizeof key_path, "%s/key.pem", base);
+    if (harness_setup() != 0) return -1;
     snprintf(rsa_cert, sizeof rsa_cert, "%s/rsa-cert.pem", base);
     snprintf(rsa_key, sizeof rsa_key, "%s/rsa-key.pem", base);
-    static const char *const hosts[] = {"example.org"};
-    if (st_tls_ensure_cert(cert_path, key_path, hosts, 1, err, sizeof err) != 0) {
-        fprintf(stderr, "ensure_cert: %s\n", err);
-        return -1;
-    }
-    tls = st_tls_ctx_new(cert_path, key_path, err, sizeof err);
-    if (!tls) {
-        fprintf(stderr, "ctx_new: %s\n", err);
-        return -1;
-    }
     EVP_PKEY *rsa = EVP_RSA_gen(2048);
     if (!rsa || write_key_cert(rsa, rsa_cert, rsa_key) != 0) return -1;
     EVP_PKEY_free(rsa);
@@ -1482,12 +1122,9 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    char cmd[512];
     st_tlshs_ctx_unref(hsx);
-    st_tls_ctx_free(tls);
     st_tls_ctx_free(tls_rsa);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", base);
-    return system(cmd) == 0 ? 0 : -1;
+    return harness_teardown();
 }
 
 /* ==== the harness itself ==== */
@@ -1518,7 +1155,7 @@ static void harness_handshake_keys_open_the_clients_finished(void **state)
         s_steps(k);
         expect_done(k);
         conn_close(k);
-        ctx_free(cctx);
+        tfree(cctx);
     }
 }
 
@@ -1539,7 +1176,7 @@ static void harness_client_hello_rebuilt_unchanged_is_identical(void **state)
     expect_done(k);
     conn_close(k);
     tfree(out);
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* ==== full handshakes ==== */
@@ -1577,7 +1214,7 @@ static void rfc8446_9_1_each_suite_with_x25519_and_p256_completes(void **state)
                 exchange(k);
             close_both(k);
             conn_close(k);
-            ctx_free(cctx);
+            tfree(cctx);
         }
 }
 
@@ -1687,7 +1324,7 @@ static void rfc8446_4_1_3_server_hello_is_well_formed(void **state)
             s_steps(k);
             expect_done(k);
             conn_close(k);
-            ctx_free(cctx);
+            tfree(cctx);
         }
 }
 
@@ -1719,7 +1356,7 @@ static void rfc8446_d_4_middlebox_compatibility_on_and_off(void **state)
             expect_done(k);
             close_both(k);
             conn_close(k);
-            ctx_free(cctx);
+            tfree(cctx);
         }
 }
 
@@ -1747,7 +1384,7 @@ static void rfc9266_exporter_and_rfc5929_server_end_point_match_the_client(void 
         hs_finish(k);
         exchange(k);
         conn_close(k);
-        ctx_free(cctx);
+        tfree(cctx);
     }
 }
 
@@ -1771,7 +1408,7 @@ static void tlshs_channel_bindings_stay_available_after_finish(void **state)
     assert_int_equal(l1, l2);
     assert_memory_equal(e1, e2, l1);
     conn_close(k);
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* ==== resumption (RFC 8446 §2.2, §4.2.11, §4.6.1) ==== */
@@ -1804,13 +1441,13 @@ static void rfc8446_2_2_ticket_resumes_with_psk_dhe_ke(void **state)
             close_both(k);
             if (round == 0) { /* resume again from the new ticket */
                 SSL_SESSION *next = ticket_of(k);
-                sess_free(sess);
+                tfree(sess);
                 sess = next;
             }
             conn_close(k);
         }
-        sess_free(sess);
-        ctx_free(cctx);
+        tfree(sess);
+        tfree(cctx);
     }
 }
 
@@ -1834,9 +1471,9 @@ static void tlshs_ticket_from_another_ctx_is_not_resumed_but_completes(void **st
     }
     assert_int_equal(SSL_session_reused(k->c.ssl), 0);
     conn_close(k);
-    x_free(other);
-    sess_free(sess);
-    ctx_free(cctx);
+    tfree(other);
+    tfree(sess);
+    tfree(cctx);
 }
 
 /* A ticket OpenSSL issued (the connection went to OpenSSL) is not one of
@@ -1862,8 +1499,8 @@ static void tlshs_ticket_issued_by_openssl_is_not_taken_as_ours(void **state)
         assert_int_equal(SSL_session_reused(k->c.ssl), 0);
     }
     conn_close(k);
-    sess_free(sess);
-    ctx_free(cctx);
+    tfree(sess);
+    tfree(cctx);
 }
 
 /* RFC 8446 §4.6.1: ticket_lifetime is the lifetime set on the context,
@@ -1887,9 +1524,9 @@ static void rfc8446_4_6_1_ticket_lifetime_is_the_one_set(void **state)
     SSL_SESSION *sess = ticket_of(k);
     assert_int_equal(SSL_SESSION_get_ticket_lifetime_hint(sess), 3600);
     conn_close(k);
-    sess_free(sess);
-    x_free(x);
-    ctx_free(cctx);
+    tfree(sess);
+    tfree(x);
+    tfree(cctx);
 }
 
 /* tlshs.h: "Seconds a ticket we issue stays valid": one past its lifetime
@@ -1917,9 +1554,9 @@ static void tlshs_ticket_past_its_lifetime_is_not_resumed(void **state)
     }
     assert_int_equal(SSL_session_reused(k->c.ssl), 0);
     conn_close(k);
-    sess_free(sess);
-    x_free(x);
-    ctx_free(cctx);
+    tfree(sess);
+    tfree(x);
+    tfree(cctx);
 }
 
 /* RFC 8446 §4.2.11: "If this value does not validate, the server MUST
@@ -1957,8 +1594,8 @@ static void rfc8446_4_2_11_bad_binder_is_not_accepted(void **state)
     assert_int_equal(st_tlshs_resumed(k->h), 0);
     conn_close(k);
     tfree(ch);
-    sess_free(sess);
-    ctx_free(cctx);
+    tfree(sess);
+    tfree(cctx);
 }
 
 /* A ticket identity with a byte changed does not open: never resumed. */
@@ -1987,8 +1624,8 @@ static void rfc8446_4_2_11_altered_ticket_is_not_resumed(void **state)
     if (k->last == ST_TLSHS_OPENSSL) assert_untouched(k);
     conn_close(k);
     tfree(ch);
-    sess_free(sess);
-    ctx_free(cctx);
+    tfree(sess);
+    tfree(cctx);
 }
 
 /* ==== ALPN (RFC 7301, XEP-0368) ==== */
@@ -2010,42 +1647,38 @@ static void xep0368_alpn_xmpp_client_selected_on_direct_tls(void **state)
         assert_non_null(st_tlshs_alpn(k->h));
         assert_string_equal(st_tlshs_alpn(k->h), "xmpp-client");
         conn_close(k);
-        ctx_free(cctx);
+        tfree(cctx);
     }
 }
 
-static void xep0368_no_alpn_after_starttls(void **state)
+/* A handshake with o completes with no protocol selected on either end. */
+static void expect_no_alpn(const opts *o)
 {
     SSL_CTX *cctx = client_ctx(NULL, 0);
     conn *k = conn_new();
-    opts o = {.direct = 0, .alpn = "xmpp-client"};
     const unsigned char *sel = NULL;
     unsigned sl = 0;
-    full(k, cctx, &o);
+    full(k, cctx, o);
     expect_done(k);
     SSL_get0_alpn_selected(k->c.ssl, &sel, &sl);
     assert_int_equal(sl, 0);
     assert_null(st_tlshs_alpn(k->h));
     conn_close(k);
-    ctx_free(cctx);
+    tfree(cctx);
+}
+
+static void xep0368_no_alpn_after_starttls(void **state)
+{
+    opts o = {.direct = 0, .alpn = "xmpp-client"};
+    expect_no_alpn(&o);
 }
 
 /* COMPAT (tls.c): a direct TLS client offering only other protocols is let
  * in without ALPN rather than failed with no_application_protocol. */
 static void xep0368_direct_tls_client_offering_only_h2_gets_no_alpn(void **state)
 {
-    SSL_CTX *cctx = client_ctx(NULL, 0);
-    conn *k = conn_new();
     opts o = {.direct = 1, .alpn = "h2"};
-    const unsigned char *sel = NULL;
-    unsigned sl = 0;
-    full(k, cctx, &o);
-    expect_done(k);
-    SSL_get0_alpn_selected(k->c.ssl, &sel, &sl);
-    assert_int_equal(sl, 0);
-    assert_null(st_tlshs_alpn(k->h));
-    conn_close(k);
-    ctx_free(cctx);
+    expect_no_alpn(&o);
 }
 
 /* ==== what goes to OpenSSL ==== */
@@ -2059,7 +1692,7 @@ static void tlshs_tls12_client_goes_to_openssl(void **state)
     assert_int_equal(SSL_version(k->server), TLS1_2_VERSION);
     assert_int_equal(SSL_version(k->c.ssl), TLS1_2_VERSION);
     conn_close(k);
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* A client that offers only P-384: no share we can use. */
@@ -2073,7 +1706,7 @@ static void tlshs_client_offering_only_p384_goes_to_openssl(void **state)
     assert_int_equal(SSL_version(k->c.ssl), TLS1_3_VERSION);
     assert_int_equal(k->c.hs[0], 2);
     conn_close(k);
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* RFC 8446 §4.1.4: the client's only key share is for a group we do not
@@ -2102,7 +1735,7 @@ static void rfc8446_4_1_4_share_we_do_not_take_goes_to_openssl_and_its_hello_ret
             shs += k->c.hs[j] == 2;
         assert_int_equal(shs, cases[i].server_hellos);
         conn_close(k);
-        ctx_free(cctx);
+        tfree(cctx);
     }
 }
 
@@ -2116,7 +1749,7 @@ static void tlshs_client_without_our_suites_goes_to_openssl(void **state)
     expect_openssl_alert(k);
     assert_int_equal(k->c.alert, A_HANDSHAKE_FAILURE);
     conn_close(k);
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* tlshs.h: the ClientHello must have arrived whole; a part of it is not
@@ -2160,7 +1793,7 @@ static void tlshs_client_hello_in_two_parts_completes(void **state)
                 expect_done(k);
             conn_close(k);
             tfree(ch);
-            ctx_free(cctx);
+            tfree(cctx);
         }
 }
 
@@ -2188,7 +1821,7 @@ static void rfc8446_5_1_client_hello_fragmented_across_records_goes_to_openssl(v
         expect_openssl_completes(k);
         conn_close(k);
         tfree(two);
-        ctx_free(cctx);
+        tfree(cctx);
     }
 }
 
@@ -2219,7 +1852,7 @@ static void rfc8446_4_2_duplicated_extension_goes_to_openssl(void **state)
         expect_openssl_alert(k);
         conn_close(k);
         tfree(ch);
-        ctx_free(cctx);
+        tfree(cctx);
     }
 }
 
@@ -2248,8 +1881,8 @@ static void rfc8446_4_2_11_pre_shared_key_not_last_goes_to_openssl(void **state)
     assert_int_equal(k->c.alert, A_ILLEGAL_PARAMETER);
     conn_close(k);
     tfree(ch);
-    sess_free(sess);
-    ctx_free(cctx);
+    tfree(sess);
+    tfree(cctx);
 }
 
 /* tlshs.h: no early_data. An early_data extension put into a ClientHello
@@ -2277,7 +1910,7 @@ static void rfc8446_4_2_10_early_data_extension_goes_to_openssl(void **state)
     assert_int_equal(openssl_takeover(k), -1);
     conn_close(k);
     tfree(ch);
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* A real 0-RTT attempt: the client resumes our ticket (told it may send
@@ -2304,8 +1937,8 @@ static void rfc8446_4_2_10_real_early_data_goes_to_openssl_which_rejects_it(void
     expect_openssl_completes(k);
     assert_int_equal(SSL_get_early_data_status(k->c.ssl), SSL_EARLY_DATA_REJECTED);
     conn_close(k);
-    sess_free(sess);
-    ctx_free(cctx);
+    tfree(sess);
+    tfree(cctx);
 }
 
 /* RFC 8446 §4.2.3, §4.4.3: the client's signature_algorithms do not
@@ -2324,7 +1957,7 @@ static void rfc8446_4_2_3_client_without_our_signature_scheme_goes_to_openssl(vo
         expect_openssl_alert(k);
         assert_int_equal(k->c.alert, A_HANDSHAKE_FAILURE);
         conn_close(k);
-        ctx_free(cctx);
+        tfree(cctx);
     }
     /* and with only ours, it is ours */
     SSL_CTX *cctx = client_ctx(NULL, 0);
@@ -2338,7 +1971,7 @@ static void rfc8446_4_2_3_client_without_our_signature_scheme_goes_to_openssl(vo
     assert_int_equal(SSL_get_peer_signature_type_nid(k->c.ssl, &nid), 1);
     assert_int_equal(nid, EVP_PKEY_EC);
     conn_close(k);
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* RFC 8446 §4.4.3: an RSA key signs with RSASSA-PSS (rsa_pss_rsae_*),
@@ -2361,7 +1994,7 @@ static void rfc8446_4_4_3_rsa_key_signs_with_rsa_pss_rsae_sha256(void **state)
             if (lists[i]) assert_int_equal(nid, NID_sha256);
             assert_memory_equal(k->c.hs, "\x02\x08\x0b\x0f\x14\x04", 6);
             conn_close(k);
-            ctx_free(cctx);
+            tfree(cctx);
         }
     /* PKCS#1 v1.5 only: not ours to sign (OpenSSL refuses it too) */
     SSL_CTX *cctx = client_ctx(NULL, 0);
@@ -2371,8 +2004,8 @@ static void rfc8446_4_4_3_rsa_key_signs_with_rsa_pss_rsae_sha256(void **state)
     full(k, cctx, &o);
     expect_openssl_alert(k);
     conn_close(k);
-    ctx_free(cctx);
-    x_free(x);
+    tfree(cctx);
+    tfree(x);
 }
 
 /* tlshs.h: st_tlshs_ctx_new is NULL with a reason for a key of a kind we
@@ -2421,8 +2054,8 @@ static void tlshs_ctx_new_with_other_key_kinds_is_null_or_signs_right(void **sta
             }
         }
         conn_close(k);
-        ctx_free(cctx);
-        x_free(x);
+        tfree(cctx);
+        tfree(x);
         st_tls_ctx_free(t);
     }
 }
@@ -2552,7 +2185,7 @@ static void rfc8446_7_4_2_invalid_key_shares_are_refused(void **state)
         wrong += !client_hello_refused(k, alerts, 3);
         conn_close(k);
         tfree(ch);
-        ctx_free(cctx);
+        tfree(cctx);
     }
     assert_int_equal(wrong, 0);
 }
@@ -2578,7 +2211,7 @@ static void rfc8446_4_1_2_compression_methods_other_than_null_are_refused(void *
         expect_client_hello_refused(k, alerts, 1);
         conn_close(k);
         tfree(ch);
-        ctx_free(cctx);
+        tfree(cctx);
     }
 }
 
@@ -2607,7 +2240,7 @@ static void rfc8446_9_2_missing_mandatory_extensions_are_refused(void **state)
         expect_client_hello_refused(k, alerts, 1);
         conn_close(k);
         tfree(ch);
-        ctx_free(cctx);
+        tfree(cctx);
     }
 }
 
@@ -2636,8 +2269,8 @@ static void harness_recomputed_binder_is_the_clients(void **state)
         assert_int_equal(st_tlshs_resumed(k->h), 1);
         conn_close(k);
         tfree(ch);
-        sess_free(sess);
-        ctx_free(cctx);
+        tfree(sess);
+        tfree(cctx);
     }
 }
 
@@ -2712,8 +2345,8 @@ static void rfc8446_4_2_9_psk_ke_only_client_is_not_resumed(void **state)
         assert_int_equal(r, ST_TLSHS_FAILED);
     }
     conn_close(k);
-    sess_free(sess);
-    ctx_free(cctx);
+    tfree(sess);
+    tfree(cctx);
 }
 
 /* RFC 8446 §4.2.9: "If clients offer pre_shared_key without a
@@ -2736,8 +2369,8 @@ static void rfc8446_4_2_9_pre_shared_key_without_psk_modes_is_refused(void **sta
     assert_int_equal(st_tlshs_resumed(k->h), 0);
     conn_close(k);
     tfree(ch);
-    sess_free(sess);
-    ctx_free(cctx);
+    tfree(sess);
+    tfree(cctx);
 }
 
 /* RFC 8446 §4.2.11: "the server MUST ensure that it selects a compatible
@@ -2766,8 +2399,8 @@ static void rfc8446_4_2_11_ticket_not_used_with_a_suite_of_another_hash(void **s
             assert_int_equal(r, ST_TLSHS_FAILED);
         }
         conn_close(k);
-        sess_free(sess);
-        ctx_free(cctx);
+        tfree(sess);
+        tfree(cctx);
     }
 }
 
@@ -2836,7 +2469,7 @@ static void tlshs_write_when_the_socket_is_full_then_completes(void **state)
         exchange(k);
         assert_int_equal(k->c.tickets, 1);
         conn_close(k);
-        ctx_free(cctx);
+        tfree(cctx);
     }
 }
 
@@ -2870,7 +2503,7 @@ static void rfc8446_5_1_client_finished_arriving_byte_by_byte_completes(void **s
             expect_done(k);
             tfree(w);
             conn_close(k);
-            ctx_free(cctx);
+            tfree(cctx);
         }
 }
 
@@ -2925,8 +2558,8 @@ static void tlshs_client_data_behind_its_finished_reaches_the_record_layer(void 
             }
             exchange(k);
             conn_close(k);
-            if (sess) sess_free(sess);
-            ctx_free(cctx);
+            if (sess) tfree(sess);
+            tfree(cctx);
         }
 }
 
@@ -2946,7 +2579,7 @@ static void rfc8446_5_change_cipher_spec_right_behind_client_hello_is_dropped(vo
     expect_done(k);
     conn_close(k);
     tfree(two);
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* ==== the hostile second flight (RFC 8446 §4.4.4, §5, §6) ==== */
@@ -3093,7 +2726,7 @@ static void run_hostile(const hstep *steps, size_t n, int alert)
             expect_hs_fatal(k, alert);
         }
         conn_close(k);
-        ctx_free(cctx);
+        tfree(cctx);
     }
 }
 
@@ -3216,27 +2849,12 @@ static void tlshs_accessors_references_and_free(void **state)
     conn_start(k, cctx, NULL);
     assert_int_equal(to_second_flight(k), ST_TLSHS_READ);
     conn_close(k);
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* ==== out of memory ==== */
 
-static long alloc_count, fail_at = -1;
 static long seen_failed, seen_openssl, seen_done_degraded, seen_null, seen_broken;
-
-static void *t_malloc(size_t n)
-{
-    if (++alloc_count == fail_at) return NULL;
-    return malloc(n);
-}
-
-static void *t_realloc(void *p, size_t n)
-{
-    if (++alloc_count == fail_at) return NULL;
-    return realloc(p, n);
-}
-
-static const st_alloc_hooks torture_hooks = {t_malloc, t_realloc, free};
 
 /* One connection with the allocator broken at allocation fail_at: the
  * handshake (full or resumed), the hand-over, data both ways. Every
@@ -3348,12 +2966,12 @@ static void tlshs_alloc_failure_torture(void **state)
         full(k, cctx, &o);
         expect_done(k);
         conn_close(k);
-        x_free(x);
+        tfree(x);
         if (fail_at > alloc_count) break; /* past the last one */
     }
     fail_at = -1;
-    sess_free(sess);
-    ctx_free(cctx);
+    tfree(sess);
+    tfree(cctx);
     /* DONE with a record layer the client cannot read is not a clean end */
     assert_int_equal(broken, 0);
 }

@@ -8,13 +8,15 @@
  * the client end is plain OpenSSL. The client reads from its socket, but
  * writes into a memory BIO that the harness moves to the socket itself
  * (c_flush), so a test can deliver the client's records one byte at a time
- * or tamper with them.
+ * or tamper with them. That client end, and the rest of the harness this
+ * file shares with test_server_tlshs.c, is in tls13_client.h and
+ * tls13_harness.h.
  *
  * The hostile cases need records OpenSSL would never send. The harness
  * builds them with the client's own keys: the client SSL_CTX has a keylog
  * callback (CLIENT_TRAFFIC_SECRET_0), and key and IV come from
- * HKDF-Expand-Label (RFC 8446 §7.1, §7.3) written here with OpenSSL's HMAC,
- * independently of server/tlsrec.c. harness_crafted_keys_open_openssl_records
+ * HKDF-Expand-Label (RFC 8446 §7.1, §7.3) written with OpenSSL's HMAC in
+ * tls13_harness.h, independently of server/tlsrec.c. harness_crafted_keys_open_openssl_records
  * checks the harness against the client's own records. A hostile test
  * first sends a valid crafted record and sees it arrive, so the one that
  * is then refused differs from an accepted one only in what is tested.
@@ -41,32 +43,16 @@
 #include "starling/alloc.h"
 #include "server/tls.h"
 #include "server/tlsrec.h"
+#define TLS13_HARNESS_DIR "/tmp/st-tlsrec-test-XXXXXX"
+#include "tls13_harness.h"
 
-#define MAX_INNER (16384 + 1)        /* RFC 8446 §5.4: TLSInnerPlaintext */
-#define MAX_CIPHERTEXT (16384 + 256) /* RFC 8446 §5.2 */
-#define MAX_RECORD (5 + MAX_CIPHERTEXT)
-#define SPINS 2000 /* upper bound for "until nothing more happens" loops */
+#define MAX_INNER (16384 + 1) /* RFC 8446 §5.4: TLSInnerPlaintext */
+#define SPINS 2000            /* upper bound for "until nothing more happens" loops */
 
-/* alert descriptions, RFC 8446 §6 */
+/* what a test expects besides the alerts of tls13_harness.h */
 enum {
-    A_CLOSE_NOTIFY = 0,
-    A_UNEXPECTED_MESSAGE = 10,
-    A_BAD_RECORD_MAC = 20,
-    A_RECORD_OVERFLOW = 22,
-    A_ILLEGAL_PARAMETER = 47,
-    A_DECODE_ERROR = 50,
-    A_NONE = -1,          /* no alert back: the client sent a fatal one */
-    A_CLOSED = -3,        /* no alert back: the client sent close_notify */
-    A_UNEXP_OR_NONE = -4, /* unexpected_message, or taken as the alert it is */
+    A_CLOSED = -3, /* no alert back: the client sent close_notify */
 };
-
-static const char *const suites[] = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
-                                     "TLS_CHACHA20_POLY1305_SHA256"};
-#define NSUITES 3
-
-static char base[] = "/tmp/st-tlsrec-test-XXXXXX";
-static char cert_path[256], key_path[256];
-static st_tls_ctx *tls;
 
 /* ---- the client end ---- */
 
@@ -93,11 +79,8 @@ typedef struct client {
     int zero_return, failed;
 
     /* crafting records with the client's write key */
-    const EVP_CIPHER *aead;
-    const EVP_MD *md;
-    size_t keylen;
-    unsigned char secret[48], key[32], iv[12];
-    uint64_t seq;
+    keys k;
+    unsigned char secret[48];       /* its application traffic secret */
     unsigned char last[MAX_RECORD]; /* the last record sealed */
     size_t lastlen;
 } client;
@@ -121,77 +104,10 @@ typedef struct opts {
     int no_take;         /* leave the SSL with the test */
 } opts;
 
-/* What a test holds, so that a failed assertion (a longjmp out of the
- * test) still frees it in cleanup() and ASan reports only real leaks. */
-static conn pool[4];
-static int pool_used[4];
-static void *tracked[32];
-static SSL_CTX *ctxs[8];
-static SSL_SESSION *live_session;
+#define NCONN 4
+#include "tls13_client.h"
 
-static conn *conn_new(void)
-{
-    for (int i = 0; i < 4; i++)
-        if (!pool_used[i]) {
-            pool_used[i] = 1;
-            memset(&pool[i], 0, sizeof pool[i]);
-            pool[i].sfd = pool[i].c.fd = -1;
-            return &pool[i];
-        }
-    fail_msg("conn pool exhausted");
-    return NULL;
-}
-
-static void *tmalloc(size_t n)
-{
-    void *p = malloc(n);
-    assert_non_null(p);
-    for (int i = 0; i < 32; i++)
-        if (!tracked[i]) {
-            tracked[i] = p;
-            return p;
-        }
-    fail_msg("too many buffers");
-    return NULL;
-}
-
-static void tfree(void *p)
-{
-    for (int i = 0; i < 32; i++)
-        if (tracked[i] == p) tracked[i] = NULL;
-    free(p);
-}
-
-static SSL_CTX *ctx_track(SSL_CTX *x)
-{
-    assert_non_null(x);
-    for (int i = 0; i < 8; i++)
-        if (!ctxs[i]) {
-            ctxs[i] = x;
-            return x;
-        }
-    fail_msg("too many contexts");
-    return NULL;
-}
-
-static void ctx_free(SSL_CTX *x)
-{
-    for (int i = 0; i < 8; i++)
-        if (ctxs[i] == x) ctxs[i] = NULL;
-    SSL_CTX_free(x);
-}
-
-static void hex_decode(const char *h, unsigned char *out, size_t *len, size_t cap)
-{
-    size_t n = 0;
-    while (h[0] && h[1] && n < cap) {
-        unsigned v;
-        if (sscanf(h, "%2x", &v) != 1) break;
-        out[n++] = (unsigned char)v;
-        h += 2;
-    }
-    *len = n;
-}
+static SSL_SESSION *live_session; /* freed by cleanup() */
 
 static void keylog_cb(const SSL *ssl, const char *line)
 {
@@ -202,15 +118,6 @@ static void keylog_cb(const SSL *ssl, const char *line)
         hex_decode(sp + 1, c->csecret, &c->clen, sizeof c->csecret);
     else if (strncmp(line, "SERVER_TRAFFIC_SECRET_0 ", 24) == 0 && (sp = strchr(line + 24, ' ')))
         hex_decode(sp + 1, c->ssecret, &c->slen, sizeof c->ssecret);
-}
-
-static void info_cb(const SSL *ssl, int where, int ret)
-{
-    client *c = SSL_get_app_data(ssl);
-    if (c && (where & SSL_CB_ALERT) && (where & SSL_CB_READ)) { /* not SSL_CB_WRITE_ALERT */
-        c->alert = ret & 0xff;
-        c->alert_level = ret >> 8;
-    }
 }
 
 static void msg_cb(int write_p, int version, int type, const void *buf, size_t len, SSL *ssl,
@@ -237,43 +144,6 @@ static void msg_cb(int write_p, int version, int type, const void *buf, size_t l
     }
 }
 
-static SSL_CTX *client_ctx(const char *suite, int max_version)
-{
-    SSL_CTX *x = ctx_track(SSL_CTX_new(TLS_client_method()));
-    assert_int_equal(SSL_CTX_set_min_proto_version(x, TLS1_2_VERSION), 1);
-    assert_int_equal(SSL_CTX_set_max_proto_version(x, max_version ? max_version : TLS1_3_VERSION),
-                     1);
-    if (suite) assert_int_equal(SSL_CTX_set_ciphersuites(x, suite), 1);
-    SSL_CTX_set_verify(x, SSL_VERIFY_NONE, NULL); /* self-signed */
-    SSL_CTX_set_session_cache_mode(x, SSL_SESS_CACHE_CLIENT);
-    SSL_CTX_set_mode(x, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_CTX_set_keylog_callback(x, keylog_cb);
-    SSL_CTX_set_info_callback(x, info_cb);
-    SSL_CTX_set_msg_callback(x, msg_cb);
-    return x;
-}
-
-static void nonblock(int fd)
-{
-    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
-}
-
-static void wire_append(client *c, const void *p, size_t n)
-{
-    if (n == 0) return;
-    if (c->woff + c->wlen + n > c->wcap) {
-        if (c->wlen) memmove(c->wire, c->wire + c->woff, c->wlen);
-        c->woff = 0;
-        if (c->wlen + n > c->wcap) {
-            c->wcap = (c->wlen + n) * 2;
-            c->wire = realloc(c->wire, c->wcap);
-            assert_non_null(c->wire);
-        }
-    }
-    memcpy(c->wire + c->woff + c->wlen, p, n);
-    c->wlen += n;
-}
-
 /* Move what the client SSL wrote to the wire buffer, and as much of the
  * wire as the socket takes to the socket. 1 when all of it is written. */
 static int c_flush(conn *k)
@@ -293,46 +163,12 @@ static int c_flush(conn *k)
     return c->wlen == 0;
 }
 
-/* Client SSL_write of all n bytes (into the memory BIO, so it never
- * blocks), then c_flush. */
-static void c_write(conn *k, const void *p, size_t n)
-{
-    size_t off = 0;
-    for (int i = 0; i < SPINS && off < n; i++) {
-        int w = SSL_write(k->c.ssl, (const char *)p + off, (int)(n - off));
-        assert_true(w > 0);
-        off += (size_t)w;
-    }
-    assert_int_equal(off, n);
-    c_flush(k);
-}
-
-/* Whatever the client can read now, appended at out[*got] (at most cap).
- * Sets zero_return / failed when the connection ends for the client. */
-static void c_read(conn *k, unsigned char *out, size_t cap, size_t *got)
-{
-    for (int i = 0; i < 100000 && *got < cap; i++) {
-        size_t want = cap - *got > (1u << 20) ? (1u << 20) : cap - *got;
-        int r = SSL_read(k->c.ssl, out + *got, (int)want);
-        if (r > 0) {
-            *got += (size_t)r;
-            continue;
-        }
-        int e = SSL_get_error(k->c.ssl, r);
-        if (e == SSL_ERROR_ZERO_RETURN)
-            k->c.zero_return = 1;
-        else if (e != SSL_ERROR_WANT_READ)
-            k->c.failed = e;
-        break;
-    }
-}
-
 /* The client reads exactly n bytes and they are p. */
 static void c_expect(conn *k, const void *p, size_t n)
 {
     unsigned char *buf = tmalloc(n + 1);
     size_t got = 0;
-    c_read(k, buf, n + 1, &got);
+    c_read_now(k, buf, n + 1, &got);
     if (got != n) print_error("client read %zu bytes, expected %zu\n", got, n);
     assert_int_equal(got, n);
     assert_memory_equal(buf, p, n);
@@ -401,8 +237,7 @@ static int conn_open(conn *k, SSL_CTX *cctx, const opts *o)
     int sv[2];
     if (!o) o = &none;
     memset(k, 0, sizeof *k);
-    for (int i = 0; i < 4; i++)
-        if (k == &pool[i]) pool_used[i] = 1;
+    pool_mark(k, 1);
     k->c.alert = k->c.alert_level = -1;
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     k->sfd = sv[0];
@@ -425,16 +260,7 @@ static int conn_open(conn *k, SSL_CTX *cctx, const opts *o)
     if (o->tickets >= 0) assert_int_equal(SSL_set_num_tickets(k->server, (size_t)o->tickets), 1);
 
     client *c = &k->c;
-    c->ssl = SSL_new(cctx);
-    assert_non_null(c->ssl);
-    BIO *in = BIO_new_socket(c->fd, BIO_NOCLOSE);
-    c->out = BIO_new(BIO_s_mem());
-    assert_non_null(in);
-    assert_non_null(c->out);
-    SSL_set_bio(c->ssl, in, c->out);
-    SSL_set_app_data(c->ssl, c);
-    SSL_set_connect_state(c->ssl);
-    SSL_set_tlsext_host_name(c->ssl, "example.org");
+    client_ssl_new(k, cctx);
     if (o->resume) assert_int_equal(SSL_set_session(c->ssl, o->resume), 1);
     if (o->groups) assert_int_equal(SSL_set1_groups_list(c->ssl, o->groups), 1);
 
@@ -479,42 +305,18 @@ static void conn_close(conn *k)
 {
     st_tlsrec_free(k->rec);
     SSL_free(k->server);
-    SSL_free(k->c.ssl);
-    if (k->sfd >= 0) close(k->sfd);
-    if (k->c.fd >= 0) close(k->c.fd);
-    free(k->c.wire);
-    ERR_clear_error();
-    memset(k, 0, sizeof *k);
-    k->sfd = k->c.fd = -1;
-    for (int i = 0; i < 4; i++)
-        if (k == &pool[i]) pool_used[i] = 0;
+    conn_release(k);
 }
 
 /* per-test teardown: whatever a failed test left behind */
 static int cleanup(void **state)
 {
-    for (int i = 0; i < 4; i++)
-        if (pool_used[i]) conn_close(&pool[i]);
-    for (int i = 0; i < 32; i++)
-        tfree(tracked[i]);
-    for (int i = 0; i < 8; i++)
-        if (ctxs[i]) ctx_free(ctxs[i]);
+    pool_close_all();
+    tfree_all();
     SSL_SESSION_free(live_session);
     live_session = NULL;
     st_set_alloc_hooks(NULL);
     return 0;
-}
-
-/* The first exchange after the take-over: the server's first record goes
- * after the NewSessionTickets it sent (their sequence numbers), the
- * client's first after its Finished. */
-static void exchange(conn *k)
-{
-    static const char hello[] = "<stream:features/>", x[] = "<iq type='get' id='1'/>";
-    s_write(k, hello, sizeof hello - 1);
-    c_expect(k, hello, sizeof hello - 1);
-    c_write(k, x, sizeof x - 1);
-    s_expect(k, x, sizeof x - 1);
 }
 
 /* A taken-over connection to a client on cctx, checked to carry data both
@@ -530,149 +332,28 @@ static conn *open_checked(SSL_CTX *cctx)
 static void close_all(conn *k, SSL_CTX *cctx)
 {
     conn_close(k);
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* ---- crafting client records (RFC 8446 §5.2, §7.1, §7.3) ---- */
-
-static void hkdf_expand_label(const EVP_MD *md, const unsigned char *secret, size_t slen,
-                              const char *label, unsigned char *out, size_t outlen)
-{
-    unsigned char info[2 + 1 + 255 + 1], t[EVP_MAX_MD_SIZE], in[EVP_MAX_MD_SIZE + sizeof info + 1];
-    size_t il = 0, tlen = 0, done = 0, lablen = strlen(label);
-    unsigned char ctr = 1;
-    info[il++] = (unsigned char)(outlen >> 8);
-    info[il++] = (unsigned char)outlen;
-    info[il++] = (unsigned char)(6 + lablen);
-    memcpy(info + il, "tls13 ", 6);
-    il += 6;
-    memcpy(info + il, label, lablen);
-    il += lablen;
-    info[il++] = 0; /* empty context */
-    while (done < outlen) {
-        size_t n = 0;
-        unsigned int ml = 0;
-        memcpy(in, t, tlen);
-        n = tlen;
-        memcpy(in + n, info, il);
-        n += il;
-        in[n++] = ctr++;
-        assert_non_null(HMAC(md, secret, (int)slen, in, n, t, &ml));
-        tlen = ml;
-        size_t take = tlen < outlen - done ? tlen : outlen - done;
-        memcpy(out + done, t, take);
-        done += take;
-    }
-}
-
-static void craft_keys(client *c)
-{
-    hkdf_expand_label(c->md, c->secret, (size_t)EVP_MD_get_size(c->md), "key", c->key, c->keylen);
-    hkdf_expand_label(c->md, c->secret, (size_t)EVP_MD_get_size(c->md), "iv", c->iv, 12);
-    c->seq = 0;
-}
 
 /* From the keylog: the client's application write key, sequence 0 (the
  * client has sent no application record yet). */
 static void craft_init(conn *k)
 {
     client *c = &k->c;
-    const char *name = SSL_CIPHER_standard_name(SSL_get_current_cipher(c->ssl));
-    if (strcmp(name, "TLS_AES_128_GCM_SHA256") == 0) {
-        c->aead = EVP_aes_128_gcm(), c->md = EVP_sha256(), c->keylen = 16;
-    } else if (strcmp(name, "TLS_AES_256_GCM_SHA384") == 0) {
-        c->aead = EVP_aes_256_gcm(), c->md = EVP_sha384(), c->keylen = 32;
-    } else {
-        assert_string_equal(name, "TLS_CHACHA20_POLY1305_SHA256");
-        c->aead = EVP_chacha20_poly1305(), c->md = EVP_sha256(), c->keylen = 32;
-    }
-    assert_int_equal(c->clen, (size_t)EVP_MD_get_size(c->md));
+    keys_from_secret(c->ssl, c->csecret, c->clen, &c->k);
     memcpy(c->secret, c->csecret, c->clen);
-    craft_keys(c);
 }
 
-/* RFC 8446 §7.2: application_traffic_secret_N+1 */
+/* RFC 8446 §7.2: application_traffic_secret_N+1, sequence 0 */
 static void craft_key_update(client *c)
 {
     unsigned char next[48];
-    size_t n = (size_t)EVP_MD_get_size(c->md);
-    hkdf_expand_label(c->md, c->secret, n, "traffic upd", next, n);
+    size_t n = (size_t)EVP_MD_get_size(c->k.md);
+    hkdf_expand_label(c->k.md, c->secret, n, "traffic upd", next, n);
     memcpy(c->secret, next, n);
-    craft_keys(c);
-}
-
-static void nonce(const client *c, uint64_t seq, unsigned char out[12])
-{
-    memcpy(out, c->iv, 12);
-    for (int i = 0; i < 8; i++)
-        out[11 - i] ^= (unsigned char)(seq >> (8 * i));
-}
-
-/* Seal TLSInnerPlaintext = content || type || pad zeros into c->last;
- * type -1: no type byte (content and zeros only). */
-static void seal(client *c, int type, const void *content, size_t n, size_t pad)
-{
-    size_t inner = n + (type >= 0) + pad;
-    unsigned char *pt = tmalloc(inner + 1), nc[12];
-    int l;
-    memset(pt, 0, inner + 1);
-    assert_true(5 + inner + 16 <= sizeof c->last);
-    if (n) memcpy(pt, content, n);
-    if (type >= 0) pt[n] = (unsigned char)type;
-    unsigned char *r = c->last;
-    size_t len = inner + 16;
-    r[0] = 23, r[1] = 3, r[2] = 3, r[3] = (unsigned char)(len >> 8), r[4] = (unsigned char)len;
-    nonce(c, c->seq++, nc);
-    EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
-    assert_non_null(x);
-    assert_int_equal(EVP_EncryptInit_ex(x, c->aead, NULL, c->key, nc), 1);
-    assert_int_equal(EVP_EncryptUpdate(x, NULL, &l, r, 5), 1);
-    assert_int_equal(EVP_EncryptUpdate(x, r + 5, &l, pt, (int)inner), 1);
-    assert_int_equal(EVP_EncryptFinal_ex(x, r + 5 + l, &l), 1);
-    assert_int_equal(EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, 16, r + 5 + inner), 1);
-    EVP_CIPHER_CTX_free(x);
-    c->lastlen = 5 + len;
-    tfree(pt);
-}
-
-/* Open one record sealed with the crafting keys at sequence seq: the inner
- * content type (after the padding), content into out. -1 if it fails. */
-static int open_record(const client *c, uint64_t seq, const unsigned char *r, size_t rlen,
-                       unsigned char *out, size_t *outlen)
-{
-    unsigned char nc[12];
-    int l, ok;
-    if (rlen < 5 + 17) return -1;
-    size_t len = ((size_t)r[3] << 8) | r[4];
-    if (len + 5 != rlen) return -1;
-    nonce(c, seq, nc);
-    EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
-    assert_non_null(x);
-    ok = EVP_DecryptInit_ex(x, c->aead, NULL, c->key, nc) == 1 &&
-         EVP_DecryptUpdate(x, NULL, &l, r, 5) == 1 &&
-         EVP_DecryptUpdate(x, out, &l, r + 5, (int)(len - 16)) == 1 &&
-         EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_SET_TAG, 16, (void *)(r + rlen - 16)) == 1 &&
-         EVP_DecryptFinal_ex(x, out + l, &l) == 1;
-    EVP_CIPHER_CTX_free(x);
-    if (!ok) return -1;
-    size_t n = len - 16;
-    while (n > 0 && out[n - 1] == 0)
-        n--;
-    if (n == 0) return -1;
-    *outlen = n - 1;
-    return out[n - 1];
-}
-
-static void send_raw(conn *k, const void *p, size_t n)
-{
-    wire_append(&k->c, p, n);
-    c_flush(k);
-}
-
-static void send_rec(conn *k, int type, const void *content, size_t n, size_t pad)
-{
-    seal(&k->c, type, content, n, pad);
-    send_raw(k, k->c.last, k->c.lastlen);
+    keys_from_secret(c->ssl, c->secret, n, &c->k);
 }
 
 /* ---- the end of a connection ---- */
@@ -699,7 +380,7 @@ static void expect_fatal(conn *k, int alert)
     if (alert != A_CLOSED) assert_int_equal(st_tlsrec_write(k->rec, k->sfd, "late", 4), -1);
 
     got = 0;
-    c_read(k, buf, sizeof buf, &got);
+    c_read_now(k, buf, sizeof buf, &got);
     assert_int_equal(got, 0);
     if (alert == A_UNEXP_OR_NONE) alert = k->c.alert == -1 ? A_NONE : A_UNEXPECTED_MESSAGE;
     if (alert == A_NONE || alert == A_CLOSED) {
@@ -724,21 +405,7 @@ static void expect_fatal(conn *k, int alert)
 
 static int setup(void **state)
 {
-    char err[512];
-    signal(SIGPIPE, SIG_IGN);
-    if (!mkdtemp(base)) return -1;
-    snprintf(cert_path, sizeof cert_path, "%s/cert.pem", base);
-    snprintf(key_path, sizeof key_path, "%s/key.pem", base);
-    static const char *const hosts[] = {"example.org"};
-    if (st_tls_ensure_cert(cert_path, key_path, hosts, 1, err, sizeof err) != 0) {
-        fprintf(stderr, "ensure_cert: %s\n", err);
-        return -1;
-    }
-    tls = st_tls_ctx_new(cert_path, key_path, err, sizeof err);
-    if (!tls) {
-        fprintf(stderr, "ctx_new: %s\n", err);
-        return -1;
-    }
+    if (harness_setup() != 0) return -1;
     /* st_tls may do this itself; it must not matter that we do it again */
     if (st_tlsrec_prepare_ctx(st_tls_ctx_get(tls)) != 0) return -1;
     return 0;
@@ -746,10 +413,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    char cmd[512];
-    st_tls_ctx_free(tls);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", base);
-    return system(cmd) == 0 ? 0 : -1;
+    return harness_teardown();
 }
 
 static void fill_random(unsigned char *p, size_t n, uint32_t seed)
@@ -778,14 +442,14 @@ static void harness_crafted_keys_open_openssl_records(void **state)
         unsigned char out[64];
         size_t n = 0;
         assert_int_equal(k->c.wlen, 5 + 3 + 1 + 16);
-        assert_int_equal(open_record(&k->c, 0, k->c.wire + k->c.woff, k->c.wlen, out, &n), 23);
+        assert_int_equal(open_record(&k->c.k, 0, k->c.wire + k->c.woff, k->c.wlen, out, &n), 23);
         assert_int_equal(n, 3);
         assert_memory_equal(out, "abc", 3);
         k->c.hold = 0;
         c_flush(k);
         s_expect(k, "abc", 3);
         /* a crafted record continues the client's sequence */
-        k->c.seq = 1;
+        k->c.k.seq = 1;
         send_rec(k, 23, "def", 3, 0);
         s_expect(k, "def", 3);
         close_all(k, cctx);
@@ -895,7 +559,7 @@ static void rfc8446_2_2_takeover_after_resumed_handshake(void **state)
         conn_close(k);
         SSL_SESSION_free(sess);
         live_session = NULL;
-        ctx_free(cctx);
+        tfree(cctx);
     }
 }
 
@@ -965,7 +629,7 @@ static void tlsrec_take_declines_ssl_from_unprepared_ctx(void **state)
     assert_int_equal(SSL_write(k->server, "hello", 5), 5);
     c_expect(k, "hello", 5);
     close_all(k, cctx);
-    ctx_free(sctx);
+    tfree(sctx);
 }
 
 static void tlsrec_prepare_ctx_is_idempotent(void **state)
@@ -986,7 +650,7 @@ static void tlsrec_prepare_ctx_is_idempotent(void **state)
     assert_int_equal(conn_open(k, cctx, NULL), 0);
     exchange(k);
     close_all(k, cctx);
-    ctx_free(sctx);
+    tfree(sctx);
 }
 
 /* OpenSSL has read a part of a record the client sent after the
@@ -1097,12 +761,12 @@ static void rfc8446_5_1_one_mebibyte_to_client_through_a_small_send_buffer(void 
             size_t u = st_tlsrec_unsent(k->rec);
             if (u > max_unsent) max_unsent = u;
             /* let the client take some, not all, so the socket stays tight */
-            if (i % 2 == 0) c_read(k, dst, MIB + 1, &got);
+            if (i % 2 == 0) c_read_now(k, dst, MIB + 1, &got);
         }
         assert_int_equal(off, MIB);
         assert_true(done);
         assert_int_equal(st_tlsrec_unsent(k->rec), 0);
-        c_read(k, dst, MIB + 1, &got);
+        c_read_now(k, dst, MIB + 1, &got);
         assert_int_equal(got, MIB);
         assert_memory_equal(dst, src, MIB);
         assert_false(k->c.failed);
@@ -1460,7 +1124,7 @@ static void rfc8446_6_1_client_close_notify_ends_reading(void **state)
      * write side; the peer's does not stop ours */
     st_tlsrec_close_notify(k->rec, k->sfd);
     got = 0;
-    c_read(k, buf, sizeof buf, &got);
+    c_read_now(k, buf, sizeof buf, &got);
     assert_int_equal(got, 0);
     assert_true(k->c.zero_return);
     assert_false(k->c.failed);
@@ -1478,7 +1142,7 @@ static void rfc8446_6_1_our_close_notify_is_zero_return_for_the_client(void **st
     assert_int_equal(st_tlsrec_write(k->rec, k->sfd, "more", 4), -1);
     unsigned char buf[16];
     size_t got = 0;
-    c_read(k, buf, sizeof buf, &got);
+    c_read_now(k, buf, sizeof buf, &got);
     assert_int_equal(got, 3);
     assert_memory_equal(buf, "bye", 3);
     assert_true(k->c.zero_return);
@@ -1518,7 +1182,7 @@ static void rfc8446_6_1_close_notify_goes_after_the_kept_record(void **state)
     st_tlsrec_close_notify(k->rec, k->sfd);
     size_t got = 0;
     for (int i = 0; i < 10000 && !k->c.zero_return && !k->c.failed; i++) {
-        c_read(k, dst, 200001, &got);
+        c_read_now(k, dst, 200001, &got);
         st_tlsrec_write(k->rec, k->sfd, NULL, 0); /* push what is kept */
     }
     assert_true(k->c.zero_return);
@@ -1565,7 +1229,7 @@ static void rfc8446_6_1_eof_without_close_notify_ends_reading(void **state)
         print_message("EOF%s: \"%s\"\n", mid ? " inside a record" : "", st_tlsrec_error(k->rec));
         conn_close(k);
     }
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* ==== resting ==== */
@@ -1631,7 +1295,7 @@ static void tlsrec_rest_keeps_pending_plaintext_and_the_kept_record(void **state
     got = 0;
     int done = 0;
     for (int i = 0; i < 100000 && !(done && got == off); i++) {
-        c_read(k, out, 100001, &got);
+        c_read_now(k, out, 100001, &got);
         if (!done) {
             ssize_t w = st_tlsrec_write(k->rec, k->sfd, NULL, 0);
             assert_true(w == 0 || w == 1);
@@ -1675,22 +1339,6 @@ static void tlsrec_rest_after_key_update_uses_the_updated_keys(void **state)
 }
 
 /* ==== out of memory ==== */
-
-static long alloc_count, fail_at = -1;
-
-static void *t_malloc(size_t n)
-{
-    if (++alloc_count == fail_at) return NULL;
-    return malloc(n);
-}
-
-static void *t_realloc(void *p, size_t n)
-{
-    if (++alloc_count == fail_at) return NULL;
-    return realloc(p, n);
-}
-
-static const st_alloc_hooks torture_hooks = {t_malloc, t_realloc, free};
 
 /* One connection's life with the allocator broken at allocation fail_at:
  * take-over, a read drained in small pieces, a record split across reads,
@@ -1753,7 +1401,7 @@ static long tlsrec_workload(SSL_CTX *cctx)
                                      : st_tlsrec_write(k->rec, k->sfd, NULL, 0);
         if (w < 0) goto ended;
         if (off < sizeof big) off += (size_t)w;
-        c_read(k, dst, sizeof dst, &got);
+        c_read_now(k, dst, sizeof dst, &got);
         assert_false(k->c.failed);
         if (i % 5 == 0) st_tlsrec_rest(k->rec);
     }
@@ -1779,7 +1427,7 @@ static void tlsrec_alloc_failure_torture(void **state)
     for (fail_at = 1; fail_at <= total + 1; fail_at++)
         tlsrec_workload(cctx);
     fail_at = -1;
-    ctx_free(cctx);
+    tfree(cctx);
 }
 
 /* ==== crafted records ==== */
@@ -1829,7 +1477,7 @@ static void run_step(conn *k, const step *st)
         send_raw(k, bytes, st->len);
         break;
     case S_FLIP: { /* an application data record with one bit flipped */
-        seal(&k->c, 23, "tampered", 8, 0);
+        seal(&k->c, &k->c.k, 23, "tampered", 8, 0);
         size_t at = st->pad < k->c.lastlen ? st->pad : k->c.lastlen - 1;
         k->c.last[at] ^= 0x10;
         send_raw(k, k->c.last, k->c.lastlen);
@@ -1839,7 +1487,7 @@ static void run_step(conn *k, const step *st)
         send_raw(k, k->c.last, k->c.lastlen);
         break;
     case S_SKIPSEQ:
-        k->c.seq++;
+        k->c.k.seq++;
         break;
     case S_ROTATE:
         craft_key_update(&k->c);
@@ -2015,7 +1663,7 @@ static void rfc8446_4_6_3_key_update_answered_while_a_record_is_kept(void **stat
             } else {
                 assert_true(st_tlsrec_write(k->rec, k->sfd, NULL, 0) >= 0);
             }
-            c_read(k, dst, N + 1, &got);
+            c_read_now(k, dst, N + 1, &got);
             assert_false(k->c.failed);
         }
         assert_int_equal(got, N);
@@ -2042,7 +1690,7 @@ static void rfc8446_6_2_fatal_alert_goes_after_the_kept_record(void **state)
     s_write(k, "hello", 5);
     c_expect(k, "hello", 5);
     size_t off = fill_until_kept(k, src, N);
-    seal(&k->c, 23, "tampered", 8, 0);
+    seal(&k->c, &k->c.k, 23, "tampered", 8, 0);
     k->c.last[7] ^= 1;
     send_raw(k, k->c.last, k->c.lastlen);
     unsigned char buf[64];
@@ -2052,7 +1700,7 @@ static void rfc8446_6_2_fatal_alert_goes_after_the_kept_record(void **state)
     size_t got = 0;
     for (int i = 0; i < 100000 && k->c.alert < 0 && !k->c.failed; i++) {
         st_tlsrec_write(k->rec, k->sfd, NULL, 0);
-        c_read(k, dst, N + 1, &got);
+        c_read_now(k, dst, N + 1, &got);
     }
     assert_int_equal(got, off);
     assert_memory_equal(dst, src, off);
