@@ -6,7 +6,8 @@ bombs, oversized stanzas, wrong hosts and namespaces. Each test checks the
 defined SASL failure or stream error (RFC 6120 4.9, 6.5, 11.1), that the
 connection is closed, and that the daemon still serves a fresh slixmpp
 client afterwards. It also checks the stream features (XEP-0478 limits,
-XEP-0440 channel-binding types), shutdown, keepalives and timeouts.
+XEP-0440 channel-binding types), shutdown, keepalives and timeouts, and that
+a TLS 1.3 session ticket resumes the next connection.
 """
 import hashlib
 import signal
@@ -492,3 +493,40 @@ def test_rfc6120_8_1_2_1_from_is_stamped_not_spoofed(server):
         assert el.get("from") == "alice@localhost/a", b.dump()
     a.close()
     b.close()
+
+
+def _tls13_stream(server, ctx, session=None):
+    """A direct-TLS connection (Python's ssl, TLS 1.3) that reads the server's
+    stream features, so the session ticket that came before them is in."""
+    raw = socket.create_connection(("127.0.0.1", server.tls_port), timeout=5)
+    s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+    s.sendall(b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
+              b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+    got = b""
+    while b"</stream:features>" not in got:
+        chunk = s.recv(4096)
+        assert chunk, "connection closed before the stream features: %r" % got
+        got += chunk
+    return s
+
+
+def test_rfc8446_2_2_tls13_session_ticket_resumes_the_next_connection(server):
+    """RFC 8446 2.2: the server's NewSessionTicket lets a reconnecting client
+    skip the certificate (a resumed, PSK-based handshake); the stream works
+    on the resumed connection. Checked through the daemon, whose handshake
+    is its own (server/tlshs.c) for such a client."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    first = _tls13_stream(server, ctx)
+    assert first.version() == "TLSv1.3"
+    assert not first.session_reused
+    session = first.session
+    assert session is not None and session.has_ticket, "no session ticket from the server"
+    first.close()
+    second = _tls13_stream(server, ctx, session=session)
+    assert second.session_reused, "the ticket was not accepted"
+    second.close()
+    still_serves(server)
