@@ -1020,10 +1020,7 @@ static int on_hello(st_tlshs *h, int fd)
 static int on_client_finished(st_tlshs *h, int fd, const unsigned char *more, size_t n_more)
 {
     unsigned char hash[MAX_HASH], res[MAX_HASH], m[4 + 12 + 2 + TICKET_LEN + 2];
-    if (h->fin[0] != HS_FINISHED)
-        return fatal(h, fd, AL_UNEXPECTED_MESSAGE, "expected the client Finished");
-    if (get24(h->fin + 1) != h->hl)
-        return fatal(h, fd, AL_DECODE_ERROR, "client Finished of the wrong length");
+    /* its type and length were checked as it came in (on_record) */
     if (CRYPTO_memcmp(h->fin + 4, h->c_finished, h->hl) != 0)
         return fatal(h, fd, AL_DECRYPT_ERROR, "bad client Finished");
     if (add(h, h->fin, 4 + h->hl) != 0 || snapshot(h, h->th, hash) != 0 ||
@@ -1092,24 +1089,24 @@ static int on_record(st_tlshs *h, int fd, unsigned char *rec, size_t ct, int *re
         *result = fatal(h, fd, AL_UNEXPECTED_MESSAGE, "expected the client Finished");
         return -1;
     }
+    /* the Finished, perhaps across records: its type and length are
+     * checked as soon as they are in */
     const unsigned char *p = rec + HDR;
     for (size_t i = 0; i < n; i++) {
-        if (h->fin_len == 4 && get24(h->fin + 1) != h->hl) break;
         if (h->fin_len == 4 + h->hl) {
             /* §5.1: a message before a key change ends its record */
             *result = fatal(h, fd, AL_UNEXPECTED_MESSAGE, "data after the client Finished");
             return -1;
         }
         h->fin[h->fin_len++] = p[i];
-        if (h->fin_len == 1 && h->fin[0] != HS_FINISHED) break;
-    }
-    if (h->fin_len >= 1 && h->fin[0] != HS_FINISHED) {
-        *result = fatal(h, fd, AL_UNEXPECTED_MESSAGE, "expected the client Finished");
-        return -1;
-    }
-    if (h->fin_len >= 4 && get24(h->fin + 1) != h->hl) {
-        *result = fatal(h, fd, AL_DECODE_ERROR, "client Finished of the wrong length");
-        return -1;
+        if (h->fin_len == 1 && h->fin[0] != HS_FINISHED) {
+            *result = fatal(h, fd, AL_UNEXPECTED_MESSAGE, "expected the client Finished");
+            return -1;
+        }
+        if (h->fin_len == 4 && get24(h->fin + 1) != h->hl) {
+            *result = fatal(h, fd, AL_DECODE_ERROR, "client Finished of the wrong length");
+            return -1;
+        }
     }
     return h->fin_len == 4 + h->hl ? 1 : 0;
 }

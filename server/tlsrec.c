@@ -611,24 +611,22 @@ static int on_alert(st_tlsrec *r, int fd, const unsigned char *p, size_t n)
 static int on_record(st_tlsrec *r, int fd, unsigned char *rec, size_t ct, char *out, size_t room,
                      size_t *got)
 {
-    if (open_record(r, rec, ct) != 0) {
+    int type = 0;
+    size_t n = 0;
+    unsigned char *p = rec + HDR;
+    switch (st_tlsrec_open(r, rec, ct, &type, &n)) {
+    case 0:
+        break;
+    case -1:
         fail(r, fd, AL_BAD_RECORD_MAC, "record does not authenticate");
         return -1;
-    }
-    /* TLSInnerPlaintext: content, type, zeros (§5.2, §5.4), at most
-     * 2^14 + 1 bytes with its padding */
-    size_t n = ct - TAG;
-    unsigned char *p = rec + HDR;
-    if (n > MAX_PLAIN + 1) {
+    case -3:
         fail(r, fd, AL_RECORD_OVERFLOW, "record plaintext over 2^14 + 1 bytes");
         return -1;
-    }
-    while (n && p[n - 1] == 0) n--;
-    if (!n) {
+    default:
         fail(r, fd, AL_UNEXPECTED_MESSAGE, "record without a content type");
         return -1;
     }
-    int type = p[--n];
     if (r->hs_len && type != CT_HANDSHAKE) {
         fail(r, fd, AL_UNEXPECTED_MESSAGE, "record inside a fragmented handshake message");
         return -1;
@@ -754,6 +752,8 @@ size_t st_tlsrec_seal(st_tlsrec *r, unsigned char *rec, size_t n, int type)
     return n <= MAX_PLAIN ? seal(r, rec, n, type) : 0;
 }
 
+/* TLSInnerPlaintext: content, type, zeros (§5.2, §5.4), at most 2^14 + 1
+ * bytes with its padding. Our own reads (on_record) come here too. */
 int st_tlsrec_open(st_tlsrec *r, unsigned char *rec, size_t ct, int *type, size_t *n)
 {
     if (ct < TAG || ct > MAX_CT || open_record(r, rec, ct) != 0) return -1;
