@@ -476,6 +476,36 @@ static void tls13_session_ticket_resumes(void **state)
     st_tls_ctx_free(t);
 }
 
+/* OpenSSL's handshakes (TLS 1.2, unusual ClientHellos) choose TLS 1.3
+ * suites as ours does (tlshs.c): AES-128-GCM, ChaCha20, AES-256-GCM among
+ * those offered, ChaCha20 when the client lists it first. */
+static void tls13_suite_order_is_ours_with_chacha20_when_the_client_puts_it_first(void **state)
+{
+    static const struct {
+        const char *offer, *chosen;
+    } cases[] = {
+        {"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256",
+         "TLS_AES_128_GCM_SHA256"},
+        {"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256", "TLS_CHACHA20_POLY1305_SHA256"},
+        {"TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"},
+        {"TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384"},
+    };
+    char err[512];
+    st_tls_ctx *t = st_tls_ctx_new(cert_path, key_path, err, sizeof err);
+    assert_non_null(t);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        SSL_CTX *cctx = client_ctx(TLS1_3_VERSION, TLS1_3_VERSION, NULL);
+        assert_int_equal(SSL_CTX_set_ciphersuites(cctx, cases[i].offer), 1);
+        pair p;
+        assert_int_equal(handshake(&p, cctx, t, 0, 0, NULL), 0);
+        assert_string_equal(SSL_CIPHER_standard_name(SSL_get_current_cipher(p.client)),
+                            cases[i].chosen);
+        pair_free(&p);
+        SSL_CTX_free(cctx);
+    }
+    st_tls_ctx_free(t);
+}
+
 static int same_cert(SSL *client, const char *pem_path)
 {
     X509 *want = read_cert(pem_path);
@@ -543,6 +573,7 @@ int main(void)
         cmocka_unit_test(xep0368_direct_tls_selects_alpn_xmpp_client),
         cmocka_unit_test(tls12_uses_ecdhe_aead_and_has_no_exporter),
         cmocka_unit_test(tls13_session_ticket_resumes),
+        cmocka_unit_test(tls13_suite_order_is_ours_with_chacha20_when_the_client_puts_it_first),
         cmocka_unit_test(tls_reload_swaps_certificate_for_new_connections),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

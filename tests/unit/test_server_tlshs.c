@@ -1182,6 +1182,36 @@ static void harness_client_hello_rebuilt_unchanged_is_identical(void **state)
 /* ==== full handshakes ==== */
 
 /* RFC 8446 §9.1: each suite, with an X25519 and with a secp256r1 share. */
+/* The suite is chosen in our order (tlshs.c, as tls.c gives OpenSSL):
+ * AES-128-GCM, ChaCha20, AES-256-GCM among those the client offers; but
+ * ChaCha20 when the client lists it first. */
+static void tlshs_suite_is_ours_with_chacha20_when_the_client_puts_it_first(void **state)
+{
+    static const struct {
+        const char *offer, *chosen;
+    } cases[] = {
+        {"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256",
+         "TLS_AES_128_GCM_SHA256"},
+        {"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256", "TLS_CHACHA20_POLY1305_SHA256"},
+        {"TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"},
+        {"TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        SSL_CTX *cctx = client_ctx(cases[i].offer, 0);
+        conn *k = conn_new();
+        opts o = {0};
+        full(k, cctx, &o);
+        expect_done(k);
+        assert_string_equal(st_tlshs_cipher(k->h), cases[i].chosen);
+        assert_string_equal(SSL_CIPHER_standard_name(SSL_get_current_cipher(k->c.ssl)),
+                            cases[i].chosen);
+        exchange(k);
+        close_both(k);
+        conn_close(k);
+        tfree(cctx);
+    }
+}
+
 static void rfc8446_9_1_each_suite_with_x25519_and_p256_completes(void **state)
 {
     static const struct {
@@ -2985,6 +3015,7 @@ int main(void)
         T(harness_client_hello_rebuilt_unchanged_is_identical),
         /* full handshakes */
         T(rfc8446_9_1_each_suite_with_x25519_and_p256_completes),
+        T(tlshs_suite_is_ours_with_chacha20_when_the_client_puts_it_first),
         T(rfc8446_4_1_3_server_hello_is_well_formed),
         T(rfc8446_d_4_middlebox_compatibility_on_and_off),
         T(rfc9266_exporter_and_rfc5929_server_end_point_match_the_client),
