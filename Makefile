@@ -38,10 +38,11 @@ CTL_OBJ    := $(CTL_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_BIN   := $(FUZZ_SRC:tests/fuzz/%.c=build-fuzz/%)
 ITEST_BIN  := $(ITEST_C:tests/integration/%.c=$(BUILD)/tests/%)
+ITEST_PRELOAD := $(patsubst tests/integration/preload/%.c,$(BUILD)/tests/%.so,$(sort $(wildcard tests/integration/preload/*.c)))
 
 .PHONY: all deps run test unit fuzz fuzz-replay integration asan clean format check-format
 
-all: $(BUILD)/starlingd $(BUILD)/starlingctl $(UNIT_BIN) $(ITEST_BIN)
+all: $(BUILD)/starlingd $(BUILD)/starlingctl $(UNIT_BIN) $(ITEST_BIN) $(ITEST_PRELOAD)
 
 deps:
 	@sh scripts/deps.sh
@@ -76,6 +77,12 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c $(BUILD)/libstarling-core.a $(wildcar
 $(BUILD)/tests/%: tests/integration/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) $(LDSAN) -o $@ $< $(shell pkg-config --cflags --libs libstrophe)
+
+# LD_PRELOAD shims the integration tests load into the daemon; never
+# sanitized themselves (a sanitized daemon loads its runtime first).
+$(BUILD)/tests/%.so: tests/integration/preload/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -g -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl
 
 # libFuzzer targets always build with clang, ASan and UBSan.
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -Iinclude -I. -fsanitize=fuzzer,address,undefined \

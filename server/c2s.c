@@ -427,6 +427,15 @@ static ssize_t raw_write(st_conn *c, const char *p, size_t n, int *want_read)
 }
 
 static void start_tls(st_conn *c);
+static void pause_reading(st_conn *c, uint64_t ms);
+
+/* Input waiting inside TLS, where epoll cannot see it: plaintext not yet
+ * returned, or records read with the handshake's last message. */
+static int tls_buffered(const st_conn *c)
+{
+    if (c->rec) return st_tlsrec_buffered(c->rec) > 0;
+    return c->ssl && SSL_has_pending(c->ssl);
+}
 
 static void conn_flush(st_conn *c)
 {
@@ -705,6 +714,11 @@ static void start_tls(st_conn *c)
     c->state = C_TLS_ACCEPT;
     c->header_sent = 0;
     tls_handshake(c);
+    /* Called from conn_flush, often inside a read. The handshake may have
+     * run to its end here and read the client's first records with its
+     * Finished, where epoll will never report them: read them on the next
+     * loop round. */
+    if (c->state == C_WAIT_HEADER && tls_buffered(c)) pause_reading(c, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -841,8 +855,8 @@ static void conn_on_io(st_loop *l, st_io *io, unsigned ev)
         tls_handshake(c);
         if (c->state == C_WAIT_HEADER) {
             conn_flush(c);
-            /* our handshake may have read the client's first records */
-            if (c->rec && st_tlsrec_buffered(c->rec)) ev |= ST_EV_READ;
+            /* the handshake may have read the client's first records */
+            if (tls_buffered(c)) ev |= ST_EV_READ;
         }
     }
     if ((ev & ST_EV_WRITE) && c->state != C_CLOSED && c->state != C_TLS_ACCEPT) conn_flush(c);
@@ -1234,12 +1248,6 @@ static void process_held(st_conn *c)
     }
 }
 
-/* Input decrypted and waiting inside TLS, where epoll cannot see it. */
-static int tls_buffered(const st_conn *c)
-{
-    if (c->rec) return st_tlsrec_pending(c->rec) > 0;
-    return c->ssl && SSL_has_pending(c->ssl);
-}
 
 /* After a storage round trip of the authentication: answer what was held
  * and read what the client sent meanwhile. Read interest stayed on, so

@@ -77,6 +77,19 @@ def free_ports(n):
     return ports
 
 
+def preload_env(shim, **variables):
+    """The environment that loads build/tests/SHIM.so into the daemon
+    (tests/integration/preload/), with the shim's variables."""
+    path = os.path.join(BUILD, "tests", shim + ".so")
+    if not os.path.exists(path):
+        pytest.fail("%s is missing: run make" % path)
+    env = {"LD_PRELOAD": path}
+    if ASAN:  # the sanitizer's runtime is linked in, not first in the preload list
+        env["ASAN_OPTIONS"] = sanitizer_env()["ASAN_OPTIONS"] + ":verify_asan_link_order=0"
+    env.update({k: str(v) for k, v in variables.items()})
+    return env
+
+
 def sanitizer_env():
     env = dict(os.environ)
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=23")
@@ -89,7 +102,8 @@ class Starling:
 
     _cert_cache = None  # (cert.pem, key.pem) from the first daemon of the session
 
-    def __init__(self, settings=None, host_settings=None, hosts=None):
+    def __init__(self, settings=None, host_settings=None, hosts=None, env=None):
+        self.env = env or {}  # added to the daemon's environment
         self.dir = tempfile.mkdtemp(prefix="st-it-", dir="/tmp")  # short: unix socket path
         self.c2s_port, self.tls_port = free_ports(2)
         self.config = os.path.join(self.dir, "starling.conf")
@@ -138,7 +152,7 @@ class Starling:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([STARLINGD, "-c", self.config], stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=sanitizer_env(), cwd=self.dir)
+                                     env=dict(sanitizer_env(), **self.env), cwd=self.dir)
         self.wait_listening(self.c2s_port)
         self.wait_listening(self.tls_port, tls=True)
         if Starling._cert_cache is None:
@@ -268,15 +282,16 @@ class Starling:
 
 @pytest.fixture
 def starling_factory(request):
-    """starling_factory(settings..., host={...}, hosts=[...]) -> started Starling.
+    """starling_factory(settings..., host={...}, hosts=[...], env={...}) -> started Starling.
 
     Keyword arguments are global config keys (None removes a default);
-    host= holds keys for the [host] section."""
+    host= holds keys for the [host] section; env= is added to the daemon's
+    environment."""
     servers = []
     request.node._starling_servers = servers
 
-    def make(host=None, hosts=None, start=True, **settings):
-        s = Starling(settings, host, hosts)
+    def make(host=None, hosts=None, start=True, env=None, **settings):
+        s = Starling(settings, host, hosts, env)
         servers.append(s)
         return s.start() if start else s
 

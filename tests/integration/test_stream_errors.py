@@ -7,7 +7,9 @@ defined SASL failure or stream error (RFC 6120 4.9, 6.5, 11.1), that the
 connection is closed, and that the daemon still serves a fresh slixmpp
 client afterwards. It also checks the stream features (XEP-0478 limits,
 XEP-0440 channel-binding types), shutdown, keepalives and timeouts, and that
-a TLS 1.3 session ticket resumes the next connection.
+a TLS 1.3 session ticket resumes the next connection, and that a stream
+the client opens right behind its TLS Finished is answered however fast the
+client was.
 """
 import hashlib
 import signal
@@ -16,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import RSS_SLACK_KIB
+from conftest import RSS_SLACK_KIB, preload_env
 from rawxmpp import CLIENT, LIMITS, SASL, SASL_CB, STREAMS, TLS, Closed, RawClient, local
 from slixclient import can_login, run
 
@@ -530,3 +532,57 @@ def test_rfc8446_2_2_tls13_session_ticket_resumes_the_next_connection(server):
     assert second.session_reused, "the ticket was not accepted"
     second.close()
     still_serves(server)
+
+
+HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' "
+          b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+
+
+def _read_until(sock, marker, what):
+    got = b""
+    while marker not in got:
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            raise AssertionError("no %s within the timeout; got %r" % (what, got[-300:]))
+        assert chunk, "connection closed before the %s: %r" % (what, got[-300:])
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["starttls", "direct-tls"])
+def test_rfc6120_5_4_3_3_new_stream_sent_with_the_tls_finished_is_answered(starling_factory, direct):
+    """RFC 6120 5.4.3.3: once TLS is up the client opens a new stream at
+    once, and the server answers it with a stream header and features. The
+    preload shim makes the daemon pause after its <proceed/> and after its
+    ServerHello, as a busy server would: the ClientHello, then the client's
+    Finished with that header right behind it, are already in the socket
+    when the daemon reads again, so the handshake runs to its end within the
+    call that sent <proceed/> and reads the header with the Finished. Found
+    with the daemon under valgrind: the header waited, unread, until the
+    client gave up."""
+    import ssl
+    srv = starling_factory(env=preload_env("slow_send", STARLING_TEST_SLOW_AFTER_HELLO_MS=300))
+    srv.adduser("bob@localhost", PW)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    for attempt in range(2):  # a fresh handshake, then one resumed with its ticket
+        raw = socket.create_connection(("127.0.0.1", srv.tls_port if direct else srv.c2s_port),
+                                       timeout=5)
+        if not direct:
+            raw.sendall(HEADER)
+            _read_until(raw, b"</stream:features>", "plaintext stream features")
+            raw.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            _read_until(raw, b"<proceed", "<proceed/>")
+        s = ctx.wrap_socket(raw, server_hostname="localhost",
+                            session=session if attempt else None)
+        s.sendall(HEADER)  # right behind the Finished, while the daemon still pauses
+        got = _read_until(s, b"</stream:features>", "stream features on the TLS stream")
+        assert b"<mechanisms" in got
+        assert s.session_reused == bool(attempt)
+        session = s.session
+        s.close()
+    assert "left to OpenSSL" not in srv.log(), "the daemon's own handshake was not the one tested"
+    still_serves(srv)
