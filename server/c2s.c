@@ -427,7 +427,6 @@ static ssize_t raw_write(st_conn *c, const char *p, size_t n, int *want_read)
 }
 
 static void start_tls(st_conn *c);
-static void pause_reading(st_conn *c, uint64_t ms);
 
 /* Input waiting inside TLS, where epoll cannot see it: plaintext not yet
  * returned, or records read with the handshake's last message. */
@@ -713,12 +712,12 @@ static void start_tls(st_conn *c)
     }
     c->state = C_TLS_ACCEPT;
     c->header_sent = 0;
-    tls_handshake(c);
-    /* Called from conn_flush, often inside a read. The handshake may have
-     * run to its end here and read the client's first records with its
-     * Finished, where epoll will never report them: read them on the next
-     * loop round. */
-    if (c->state == C_WAIT_HEADER && tls_buffered(c)) pause_reading(c, 0);
+    /* The ClientHello is a round trip away (the client waits for
+     * <proceed/>, RFC 6120 §5.4.3.3), and it arrives in the socket, where
+     * epoll sees it: the handshake starts from conn_on_io, which also reads
+     * what the handshake leaves buffered. Stepping it here, inside a read,
+     * would cost a recv that finds nothing, and a handshake ending here
+     * would leave the client's first records unread. */
 }
 
 /* ------------------------------------------------------------------ */

@@ -1162,8 +1162,10 @@ int st_tlshs_step(st_tlshs *h, int fd)
         if (f < 0) return failed(h, "send failed");
         if (f == 0) return ST_TLSHS_WRITE;
         h->state = S_FINISHED;
-    } /* fall through */
-    /* fall through */
+        /* The client's Finished is a round trip away: a recv now would
+         * only say EAGAIN. The caller waits for the socket. */
+        return ST_TLSHS_READ;
+    }
     case S_FINISHED:
         return on_second_flight(h, fd);
     case S_DONE:

@@ -682,7 +682,9 @@ ssize_t st_tlsrec_read(st_tlsrec *r, int fd, void *p, size_t n)
     if (have) memcpy(s, r->rx.data, have);
     st_buf_free(&r->rx);
     ssize_t k = recv(fd, s + have, SCRATCH - have, 0);
-    r->drained = k >= 0 && (size_t)k < SCRATCH - have;
+    /* empty: a short recv, or none at all (after records preloaded) */
+    r->drained = (k >= 0 && (size_t)k < SCRATCH - have) ||
+                 (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
     if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) k = -2;
     if (k > 0) have += (size_t)k;
     while (have - off >= HDR) {

@@ -965,6 +965,31 @@ static void tlsrec_drained_after_a_read_that_emptied_the_socket(void **state)
     close_all(k, cctx);
 }
 
+/* Records handed over with st_tlsrec_preload (what our handshake read past
+ * the client's Finished): the read that returns them finds the socket
+ * empty (EAGAIN) and says drained, so the caller waits for epoll instead
+ * of reading again for nothing. */
+static void tlsrec_drained_after_preloaded_records_and_an_empty_socket(void **state)
+{
+    SSL_CTX *cctx = client_ctx(NULL, 0);
+    conn *k = conn_new();
+    unsigned char buf[256];
+    assert_int_equal(conn_open(k, cctx, NULL), 0);
+    craft_init(k);
+    s_write(k, "hello", 5);
+    c_expect(k, "hello", 5);
+    k->c.hold = 1;
+    send_rec(k, 23, "<stream:stream>", 15, 0);
+    assert_int_equal(st_tlsrec_preload(k->rec, k->c.wire + k->c.woff, k->c.wlen), 0);
+    k->c.wlen = 0;
+    k->c.hold = 0;
+    assert_int_equal(st_tlsrec_read(k->rec, k->sfd, buf, sizeof buf), 15);
+    assert_memory_equal(buf, "<stream:stream>", 15);
+    assert_int_equal(st_tlsrec_drained(k->rec), 1);
+    assert_int_equal(st_tlsrec_read(k->rec, k->sfd, buf, sizeof buf), -2);
+    close_all(k, cctx);
+}
+
 /* The read that returns data also met the end of the connection (the
  * client's close_notify or a bad record right behind the data, in one
  * segment): the next read is 0, not -2, so drained must not say "wait for
@@ -1761,6 +1786,7 @@ int main(void)
         T(rfc8446_5_4_records_we_send_carry_no_padding),
         T(tlsrec_drained_after_a_read_that_emptied_the_socket),
         T(tlsrec_drained_is_not_claimed_when_the_same_read_ended_the_connection),
+        T(tlsrec_drained_after_preloaded_records_and_an_empty_socket),
         /* KeyUpdate */
         T(rfc8446_4_6_3_key_update_not_requested_then_data),
         T(rfc8446_4_6_3_key_update_requested_is_answered_before_next_data),
