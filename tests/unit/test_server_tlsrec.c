@@ -965,6 +965,19 @@ static void tlsrec_drained_after_a_read_that_emptied_the_socket(void **state)
     close_all(k, cctx);
 }
 
+/* A connection with crafting keys, one exchange done, and the client's
+ * wire held: what send_rec crafts waits in k->c.wire until c_flush. */
+static conn *open_holding(SSL_CTX *cctx)
+{
+    conn *k = conn_new();
+    assert_int_equal(conn_open(k, cctx, NULL), 0);
+    craft_init(k);
+    s_write(k, "hello", 5);
+    c_expect(k, "hello", 5);
+    k->c.hold = 1;
+    return k;
+}
+
 /* Records handed over with st_tlsrec_preload (what our handshake read past
  * the client's Finished): the read that returns them finds the socket
  * empty (EAGAIN) and says drained, so the caller waits for epoll instead
@@ -972,13 +985,8 @@ static void tlsrec_drained_after_a_read_that_emptied_the_socket(void **state)
 static void tlsrec_drained_after_preloaded_records_and_an_empty_socket(void **state)
 {
     SSL_CTX *cctx = client_ctx(NULL, 0);
-    conn *k = conn_new();
+    conn *k = open_holding(cctx);
     unsigned char buf[256];
-    assert_int_equal(conn_open(k, cctx, NULL), 0);
-    craft_init(k);
-    s_write(k, "hello", 5);
-    c_expect(k, "hello", 5);
-    k->c.hold = 1;
     send_rec(k, 23, "<stream:stream>", 15, 0);
     assert_int_equal(st_tlsrec_preload(k->rec, k->c.wire + k->c.woff, k->c.wlen), 0);
     k->c.wlen = 0;
@@ -1000,13 +1008,8 @@ static void tlsrec_drained_is_not_claimed_when_the_same_read_ended_the_connectio
     int wrong = 0;
     for (int variant = 0; variant < 3; variant++) {
         SSL_CTX *cctx = client_ctx(NULL, 0);
-        conn *k = conn_new();
+        conn *k = open_holding(cctx);
         unsigned char buf[256];
-        assert_int_equal(conn_open(k, cctx, NULL), 0);
-        craft_init(k);
-        s_write(k, "hello", 5);
-        c_expect(k, "hello", 5);
-        k->c.hold = 1;
         send_rec(k, 23, "</stream:stream>", 16, 0);
         if (variant == 0) send_rec(k, 21, "\x01\x00", 2, 0);             /* close_notify */
         if (variant == 1) send_rec(k, 21, "\x02\x28", 2, 0);             /* fatal alert */
