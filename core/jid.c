@@ -33,6 +33,29 @@
  * (0 = only outsz limits it). Empty results are refused unless allow_empty.
  * Returns the prepared length, -1 if the input is refused, -2 if memory
  * ran out (callers outside this file see < 0 either way). */
+/* 1 if the profile maps in[0..n) to itself and refuses none of it, known
+ * without libidn: printable ASCII (no space) that the profile neither case
+ * folds (nodeprep and nameprep map A-Z, RFC 3454 table B.2) nor prohibits
+ * (nodeprep: "&'/:<>@, RFC 6122 A.5). ASCII has nothing else to map, to
+ * normalise or to check for bidi. Nearly every part is such, and libidn
+ * spends some 15,000 instructions on one; test_jid compares every ASCII
+ * character's verdict with libidn's. */
+static int ascii_identity(const Stringprep_profile *profile, const char *in, size_t n)
+{
+    int node = profile == stringprep_xmpp_nodeprep;
+    int fold = node || profile == stringprep_nameprep;
+    if (!fold && profile != stringprep_xmpp_resourceprep && profile != stringprep_saslprep)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (c < 0x21 || c > 0x7e || (fold && c >= 'A' && c <= 'Z'))
+            return 0;
+        if (node && strchr("\"&'/:<>@", c))
+            return 0;
+    }
+    return 1;
+}
+
 static int prep_part(const Stringprep_profile *profile, Stringprep_profile_flags flags,
                      const char *in, size_t n, char *out, size_t outsz, size_t maxlen,
                      int allow_empty)
@@ -41,6 +64,13 @@ static int prep_part(const Stringprep_profile *profile, Stringprep_profile_flags
     size_t cap;
     int rc = -1;
 
+    if (ascii_identity(profile, in, n)) {
+        if ((n == 0 && !allow_empty) || (maxlen && n > maxlen) || n >= outsz)
+            return -1;
+        memcpy(out, in, n);
+        out[n] = '\0';
+        return (int)n;
+    }
     if (!st_utf8_valid(in, n))
         goto done;
     if (maxlen && n > PREP_INPUT_MAX)

@@ -16,6 +16,8 @@
 #include "starling/alloc.h"
 #include "starling/jid.h"
 
+#include <stringprep.h>
+
 typedef struct jid_case {
     const char *in;
     const char *node, *domain, *resource; /* domain NULL = invalid */
@@ -384,6 +386,58 @@ static void jid_prep_cache_is_invisible(void **state)
         }
 }
 
+/* libidn's own verdict on in under profile: the prepared length, or -1. */
+static int libidn_prep(const Stringprep_profile *profile, const char *in, char *out, size_t outsz)
+{
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s", in);
+    if (stringprep(tmp, sizeof tmp, (Stringprep_profile_flags)0, profile) != STRINGPREP_OK ||
+        !tmp[0] || strlen(tmp) >= outsz)
+        return -1;
+    strcpy(out, tmp);
+    return (int)strlen(tmp);
+}
+
+/* Printable ASCII skips libidn (jid.c's ascii_identity): every character
+ * alone, between letters and repeated, and random ASCII strings, must get
+ * libidn's answer under each profile: the same bytes, or the same refusal
+ * (nodeprep's prohibited characters, case folding in nodeprep and nameprep
+ * but not in resourceprep or SASLprep, spaces and controls). */
+static void rfc3454_ascii_fast_path_matches_libidn(void **state)
+{
+    static const struct {
+        const char *name;
+        int (*ours)(const char *, char *, size_t);
+        const Stringprep_profile *profile;
+    } p[] = {
+        {"nodeprep", st_nodeprep, stringprep_xmpp_nodeprep},
+        {"resourceprep", st_resourceprep, stringprep_xmpp_resourceprep},
+        {"nameprep", st_nameprep, stringprep_nameprep},
+        {"saslprep", st_saslprep, stringprep_saslprep},
+    };
+    srand(7622);
+    for (size_t k = 0; k < sizeof p / sizeof p[0]; k++) {
+        for (int trial = 0; trial < 128 * 3 + 2000; trial++) {
+            char in[64], a[256], b[256];
+            if (trial < 128 * 3) {
+                int c = trial % 128 ? trial % 128 : 'a', form = trial / 128;
+                if (form == 0) snprintf(in, sizeof in, "%c", c);
+                else if (form == 1) snprintf(in, sizeof in, "x%cy", c);
+                else snprintf(in, sizeof in, "%c%c%c", c, c, c);
+            } else {
+                int n = 1 + rand() % 40;
+                for (int i = 0; i < n; i++) in[i] = (char)(0x20 + rand() % 0x5f);
+                in[n] = '\0';
+            }
+            int want = libidn_prep(p[k].profile, in, b, sizeof b);
+            int got = p[k].ours(in, a, sizeof a);
+            if (got != want || (got >= 0 && strcmp(a, b) != 0))
+                fail_msg("%s(\"%s\"): ours %d \"%s\", libidn %d \"%s\"", p[k].name, in, got,
+                         got >= 0 ? a : "", want, want >= 0 ? b : "");
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -394,6 +448,7 @@ int main(void)
         cmocka_unit_test(rfc7622_3_equality),
         cmocka_unit_test(jid_format_bare_full_copy_make),
         cmocka_unit_test(rfc6122_prep_functions),
+        cmocka_unit_test(rfc3454_ascii_fast_path_matches_libidn),
         cmocka_unit_test(jid_survives_each_allocation_failing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
