@@ -18,13 +18,15 @@ typedef unsigned __int128 u128;
 static uint64_t load64(const unsigned char *p)
 {
     uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
     return v;
 }
 
 static void store64(unsigned char *p, uint64_t v)
 {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
 }
 
 /* The 255 low bits of s (little-endian); bit 255 is dropped. */
@@ -69,10 +71,10 @@ static inline void fe_carry_wide(fe h, u128 r0, u128 r1, u128 r2, u128 r3, u128 
 static void fe_mul(fe h, const fe f, const fe g)
 {
     uint64_t g1 = 19 * g[1], g2 = 19 * g[2], g3 = 19 * g[3], g4 = 19 * g[4];
-    u128 r0 = (u128)f[0] * g[0] + (u128)f[1] * g4 + (u128)f[2] * g3 + (u128)f[3] * g2 +
-              (u128)f[4] * g1;
-    u128 r1 = (u128)f[0] * g[1] + (u128)f[1] * g[0] + (u128)f[2] * g4 + (u128)f[3] * g3 +
-              (u128)f[4] * g2;
+    u128 r0 =
+        (u128)f[0] * g[0] + (u128)f[1] * g4 + (u128)f[2] * g3 + (u128)f[3] * g2 + (u128)f[4] * g1;
+    u128 r1 =
+        (u128)f[0] * g[1] + (u128)f[1] * g[0] + (u128)f[2] * g4 + (u128)f[3] * g3 + (u128)f[4] * g2;
     u128 r2 = (u128)f[0] * g[2] + (u128)f[1] * g[1] + (u128)f[2] * g[0] + (u128)f[3] * g4 +
               (u128)f[4] * g3;
     u128 r3 = (u128)f[0] * g[3] + (u128)f[1] * g[2] + (u128)f[2] * g[1] + (u128)f[3] * g[0] +
@@ -100,7 +102,8 @@ static void fe_sqn(fe h, const fe f, int n)
 {
     fe t;
     memcpy(t, f, sizeof t);
-    for (int i = 0; i < n; i++) fe_sq(t, t);
+    for (int i = 0; i < n; i++)
+        fe_sq(t, t);
     memcpy(h, t, sizeof t);
 }
 
@@ -109,28 +112,28 @@ static void fe_sqn(fe h, const fe f, int n)
 static void fe_invert(fe h, const fe z)
 {
     fe z2, z9, z11, a, b, c;
-    fe_sq(z2, z);         /* 2 */
-    fe_sqn(a, z2, 2);     /* 8 */
-    fe_mul(z9, a, z);     /* 9 */
-    fe_mul(z11, z9, z2);  /* 11 */
-    fe_sq(a, z11);        /* 22 */
-    fe_mul(a, a, z9);     /* 2^5 - 1 */
-    fe_sqn(b, a, 5);      /* 2^10 - 2^5 */
-    fe_mul(a, b, a);      /* 2^10 - 1 */
-    fe_sqn(b, a, 10);     /* 2^20 - 2^10 */
-    fe_mul(b, b, a);      /* 2^20 - 1 */
-    fe_sqn(c, b, 20);     /* 2^40 - 2^20 */
-    fe_mul(b, c, b);      /* 2^40 - 1 */
-    fe_sqn(b, b, 10);     /* 2^50 - 2^10 */
-    fe_mul(a, b, a);      /* 2^50 - 1 */
-    fe_sqn(b, a, 50);     /* 2^100 - 2^50 */
-    fe_mul(b, b, a);      /* 2^100 - 1 */
-    fe_sqn(c, b, 100);    /* 2^200 - 2^100 */
-    fe_mul(b, c, b);      /* 2^200 - 1 */
-    fe_sqn(b, b, 50);     /* 2^250 - 2^50 */
-    fe_mul(a, b, a);      /* 2^250 - 1 */
-    fe_sqn(a, a, 5);      /* 2^255 - 2^5 */
-    fe_mul(h, a, z11);    /* 2^255 - 21 = p - 2 */
+    fe_sq(z2, z);        /* 2 */
+    fe_sqn(a, z2, 2);    /* 8 */
+    fe_mul(z9, a, z);    /* 9 */
+    fe_mul(z11, z9, z2); /* 11 */
+    fe_sq(a, z11);       /* 22 */
+    fe_mul(a, a, z9);    /* 2^5 - 1 */
+    fe_sqn(b, a, 5);     /* 2^10 - 2^5 */
+    fe_mul(a, b, a);     /* 2^10 - 1 */
+    fe_sqn(b, a, 10);    /* 2^20 - 2^10 */
+    fe_mul(b, b, a);     /* 2^20 - 1 */
+    fe_sqn(c, b, 20);    /* 2^40 - 2^20 */
+    fe_mul(b, c, b);     /* 2^40 - 1 */
+    fe_sqn(b, b, 10);    /* 2^50 - 2^10 */
+    fe_mul(a, b, a);     /* 2^50 - 1 */
+    fe_sqn(b, a, 50);    /* 2^100 - 2^50 */
+    fe_mul(b, b, a);     /* 2^100 - 1 */
+    fe_sqn(c, b, 100);   /* 2^200 - 2^100 */
+    fe_mul(b, c, b);     /* 2^200 - 1 */
+    fe_sqn(b, b, 50);    /* 2^250 - 2^50 */
+    fe_mul(a, b, a);     /* 2^250 - 1 */
+    fe_sqn(a, a, 5);     /* 2^255 - 2^5 */
+    fe_mul(h, a, z11);   /* 2^255 - 21 = p - 2 */
 }
 
 /* The canonical encoding (the value reduced below p), as
@@ -145,7 +148,8 @@ static void fe_tobytes(unsigned char s[32], const fe f)
     h[0] += 19;
     fe_reduce(h); /* between 19 and 2^255 - 1, offset by 19 */
     h[0] += (UINT64_C(1) << 51) - 19;
-    for (int i = 1; i < 5; i++) h[i] += (UINT64_C(1) << 51) - 1;
+    for (int i = 1; i < 5; i++)
+        h[i] += (UINT64_C(1) << 51) - 1;
     /* between 2^255 and 2^256 - 20, offset by 2^255: carry without the fold */
     h[1] += h[0] >> 51, h[0] &= MASK51;
     h[2] += h[1] >> 51, h[1] &= MASK51;
@@ -171,10 +175,12 @@ int st_x25519_public(unsigned char pub[32], const unsigned char priv[32])
     /* ed: y, and x's sign in the top bit, which u does not need */
     fe y, one = {1, 0, 0, 0, 0}, num, den, inv, u;
     fe_frombytes(y, ed);
-    for (int i = 0; i < 5; i++) num[i] = one[i] + y[i];
+    for (int i = 0; i < 5; i++)
+        num[i] = one[i] + y[i];
     /* 1 - y as 2p + 1 - y, so no limb goes below zero */
     den[0] = UINT64_C(0xfffffffffffda) + 1 - y[0];
-    for (int i = 1; i < 5; i++) den[i] = UINT64_C(0xffffffffffffe) - y[i];
+    for (int i = 1; i < 5; i++)
+        den[i] = UINT64_C(0xffffffffffffe) - y[i];
     fe_invert(inv, den);
     fe_mul(u, num, inv);
     fe_tobytes(pub, u);
