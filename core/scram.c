@@ -21,12 +21,12 @@
 #include "starling/utf8.h"
 #include "starling/alloc.h"
 #include "starling/base64.h"
+#include "starling/hmac.h"
 #include "starling/jid.h"
 
 #include <limits.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <string.h>
@@ -84,20 +84,18 @@ int st_ct_equal(const void *a, const void *b, size_t n)
     return CRYPTO_memcmp(a, b, n) == 0;
 }
 
+/* Fetched once (starling/hmac.h): the legacy EVP_sha1() would be looked
+ * up again by every hash and HMAC of every login. */
 static const EVP_MD *md_of(st_scram_hash h)
 {
-    return h == ST_SCRAM_SHA256 ? EVP_sha256() : EVP_sha1();
+    const EVP_MD *m = st_md(h == ST_SCRAM_SHA256 ? "SHA256" : "SHA1");
+    return m ? m : h == ST_SCRAM_SHA256 ? EVP_sha256() : EVP_sha1();
 }
 
 static int hmac(st_scram_hash h, const void *key, size_t klen, const void *data, size_t n,
                 unsigned char *out)
 {
-    unsigned int olen = 0;
-    if (klen > INT_MAX)
-        return -1;
-    if (!HMAC(md_of(h), key, (int)klen, data, n, out, &olen))
-        return -1;
-    return olen == st_scram_hash_len(h) ? 0 : -1;
+    return st_hmac(md_of(h), key, klen, data, n, out);
 }
 
 static int digest(st_scram_hash h, const void *data, size_t n, unsigned char *out)
@@ -669,12 +667,11 @@ int st_scram_server_challenge(st_scram_server *ss, const st_scram_cred *cred, st
         /* Same salt for the same name every time in this process, so that
          * probing twice does not reveal the account is missing. */
         unsigned char mac[32];
-        unsigned int mlen = 0;
         pthread_once(&fake_once, fake_key_init);
         if (!fake_key_ok)
             return -1;
-        if (!HMAC(EVP_sha256(), fake_key, sizeof fake_key,
-                  (const unsigned char *)ss->username, strlen(ss->username), mac, &mlen))
+        if (hmac(ST_SCRAM_SHA256, fake_key, sizeof fake_key, ss->username, strlen(ss->username),
+                 mac) != 0)
             return -1;
         memset(&ss->cred, 0, sizeof ss->cred);
         ss->cred.hash = ss->h;
