@@ -94,7 +94,10 @@ typedef struct st_module {
     const st_iq_handler *iqs;    /* terminated by {0}, or NULL */
     const st_module_opt *opts;   /* terminated by {0}, or NULL */
     /* Add this module's stream features (e.g. <register/>) to features,
-     * for a connection in the given state; may be NULL. */
+     * for a connection in the given state; may be NULL. What it adds may
+     * depend on the host, the configuration, authenticated and the
+     * connection's TLS state only: c2s serialises the result once per such
+     * state and reuses it until the next reload (c2s.c features_key). */
     void (*stream_features)(struct st_conn *c, st_stanza *features, int authenticated);
     /* Per-host state. */
     int (*host_init)(struct st_host *h, void **state);

@@ -117,6 +117,7 @@ static void host_free(st_host *h)
 {
     for (size_t i = 0; i < h->nmods; i++)
         if (h->mods[i]->host_fini) h->mods[i]->host_fini(h, h->mod_state[i]);
+    for (size_t i = 0; i < sizeof h->features / sizeof h->features[0]; i++) st_free(h->features[i]);
     st_free(h->name);
     st_free(h);
 }
@@ -640,6 +641,7 @@ int st_server_reload(st_server *s)
     if (st_log_level_parse(n->log_level, &lvl) == 0) st_log_set_level(lvl);
     st_config *old = s->cfg;
     s->cfg = n;
+    s->cfg_gen++; /* what was derived from the old one (c2s's features) is stale */
     st_config_free(old);
     st_info("server", "reloaded: %zu hosts", n->nhosts);
     return 0;

@@ -31,6 +31,11 @@ typedef struct st_host {
     size_t nmods;
     int removed; /* dropped by a reload: refuse new streams */
     struct st_server *srv;
+    /* c2s: <stream:features/> serialised per stream state (c2s.c
+     * features_key), valid while features_gen equals srv->cfg_gen */
+    char *features[32];
+    size_t features_len[32];
+    unsigned long features_gen;
 } st_host;
 
 struct st_user;
@@ -79,6 +84,7 @@ typedef struct st_user {
 
 typedef struct st_server {
     st_config *cfg;
+    unsigned long cfg_gen; /* bumped by every reload that took */
     st_loop *loop;
     st_storage *store;
     st_io store_io;

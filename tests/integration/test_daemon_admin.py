@@ -11,6 +11,7 @@ import time
 
 from conftest import STARLINGD, Starling, sanitizer_env
 from slixclient import TIMEOUT, can_login, login, run
+from rawxmpp import RawClient
 from test_c2s_slixmpp import _register
 
 PW = "admin pw"
@@ -55,6 +56,43 @@ def test_sighup_reload_applies_host_options(starling):
         time.sleep(0.1)
     assert result.get("type") == "error", "registration still open after reload"
     assert run(can_login(starling, "alice@localhost", PW))
+
+
+def _features(starling, tls):
+    c = RawClient(starling.c2s_port)
+    try:
+        f = c.starttls() if tls else c.open_stream()
+        return {"register": f.find("{http://jabber.org/features/iq-register}register") is not None,
+                "mechanisms": c.mechanisms(f),
+                "max_bytes": f.findtext("{urn:xmpp:stream-limits:0}limits/"
+                                        "{urn:xmpp:stream-limits:0}max-bytes")}
+    finally:
+        c.close()
+
+
+def test_sighup_reload_changes_the_stream_features(starling):
+    """The features a new stream is offered follow the configuration that
+    is in force: after a reload, the host's registration, the server's
+    mechanisms and its announced limits (XEP-0478) are the new ones, before
+    and after STARTTLS (c2s keeps the features it serialised per host and
+    stream state, and a reload must not leave the old ones in use)."""
+    before = [_features(starling, tls) for tls in (False, True)]
+    assert before[1]["register"]  # offered over TLS (before it only STARTTLS is: required)
+    assert "PLAIN" in before[1]["mechanisms"]
+    with open(starling.config) as f:
+        text = f.read()
+    with open(starling.config, "w") as f:
+        f.write(text.replace("register.allow = true", "register.allow = false")
+                .replace("[host", "allow_plain = false\nmax_stanza_bytes = 70000\n[host", 1))
+    mark = starling.log_size()
+    starling.signal(signal.SIGHUP)
+    assert starling.wait_log(r"reloaded", since=mark), starling.log()[mark:]
+    after = [_features(starling, tls) for tls in (False, True)]
+    for b, a in zip(before, after):
+        assert not a["register"], "registration still offered after the reload"
+        assert a["max_bytes"] == "70000" and b["max_bytes"] != "70000"
+    assert "PLAIN" not in after[1]["mechanisms"]
+    assert "SCRAM-SHA-256" in after[1]["mechanisms"]
 
 
 def test_sighup_with_a_broken_config_keeps_running(starling):
