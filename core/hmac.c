@@ -23,11 +23,35 @@ const EVP_MD *st_md(const char *name)
     return NULL;
 }
 
+/* One context per thread, freed when the thread ends (the storage thread
+ * checks SCRAM credentials too): the key's destructor runs at pthread exit,
+ * the thread-local pointer keeps the main thread's reachable until exit. */
+static _Thread_local EVP_MD_CTX *tls_ctx;
+static pthread_key_t ctx_key;
+static int ctx_key_ok;
+static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
+
+static void ctx_free(void *p)
+{
+    EVP_MD_CTX_free(p);
+    tls_ctx = NULL;
+}
+
+static void make_ctx_key(void)
+{
+    ctx_key_ok = pthread_key_create(&ctx_key, ctx_free) == 0;
+}
+
 static EVP_MD_CTX *md_ctx(void)
 {
-    static _Thread_local EVP_MD_CTX *c;
-    if (!c) c = EVP_MD_CTX_new();
-    return c;
+    if (tls_ctx) return tls_ctx;
+    pthread_once(&ctx_once, make_ctx_key);
+    if (!ctx_key_ok || !(tls_ctx = EVP_MD_CTX_new())) return NULL;
+    if (pthread_setspecific(ctx_key, tls_ctx) != 0) {
+        EVP_MD_CTX_free(tls_ctx);
+        tls_ctx = NULL;
+    }
+    return tls_ctx;
 }
 
 /* One hash of pad (the key XOR byte, block long) and then data. */
