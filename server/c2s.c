@@ -1286,7 +1286,6 @@ static void process_held(st_conn *c)
     }
 }
 
-
 /* After a storage round trip of the authentication: answer what was held
  * and read what the client sent meanwhile. Read interest stayed on, so
  * what is in the socket wakes us anyway; only what TLS holds needs a

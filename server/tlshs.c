@@ -36,6 +36,7 @@
 #include <sodium.h>
 #include "starling/alloc.h"
 #include "starling/buf.h"
+#include "starling/hmac.h"
 #include "server/tls.h"
 #include "server/tls13.h"
 #include "server/tlshs.h"
@@ -119,14 +120,14 @@ struct st_tlshs {
 /* ---- setup ---- */
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-static EVP_MD *sha256, *sha384;
+static const EVP_MD *sha256, *sha384;
 static EVP_CIPHER *aes256gcm;
 
 static void init_once(void)
 {
     if (sodium_init() < 0) return;
-    sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-    sha384 = EVP_MD_fetch(NULL, "SHA384", NULL);
+    sha256 = st_md("SHA256"); /* fetched once, shared (starling/hmac.h) */
+    sha384 = st_md("SHA384");
     aes256gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
 }
 

@@ -77,7 +77,7 @@ static struct suite {
     const char *name, *cipher_name, *md_name;
     unsigned char key_len;
     EVP_CIPHER *cipher;
-    EVP_MD *md;
+    const EVP_MD *md;
 } suites[] = {
     {0x1301, "TLS_AES_128_GCM_SHA256", "AES-128-GCM", "SHA256", 16, NULL, NULL},
     {0x1302, "TLS_AES_256_GCM_SHA384", "AES-256-GCM", "SHA384", 32, NULL, NULL},
@@ -110,7 +110,7 @@ static void init_once(void)
     cap_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, capture_free);
     for (size_t i = 0; i < sizeof suites / sizeof suites[0]; i++) {
         suites[i].cipher = EVP_CIPHER_fetch(NULL, suites[i].cipher_name, NULL);
-        suites[i].md = EVP_MD_fetch(NULL, suites[i].md_name, NULL);
+        suites[i].md = st_md(suites[i].md_name);
     }
 }
 
@@ -195,7 +195,6 @@ int st_tlsrec_prepare_ctx(SSL_CTX *ctx)
 
 /* ---- keys ---- */
 
-/* The per-thread digest context the HMACs below run in. */
 /* HMAC over a fetched digest (starling/hmac.h), for keys no longer than
  * its block. */
 int st_tls13_hmac(const EVP_MD *md, const unsigned char *key, size_t klen, const unsigned char *d,
